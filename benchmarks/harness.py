@@ -1,0 +1,217 @@
+"""Timing, bandwidth and reporting for the fusedopt benchmarks.
+
+A benchmark is a list of ``Case`` objects. Each case names a workload and holds several ``Variant``s
+(torch's for-loop, foreach and fused paths, fusedopt, ...) that do the same work; every variant is
+timed in the same run, and each result reports its ratio to the fastest torch variant of its case and
+its achieved bandwidth from the case's bytes-moved model, also as a fraction of this machine's copy
+bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    # Builds the state to time (fresh params/optimizer) and returns the function to call per rep.
+    setup: Callable[[], Callable[[], None]]
+    # The torch reference paths, against whose fastest the speed-up is reported.
+    is_torch: bool = False
+
+
+@dataclasses.dataclass
+class Case:
+    group: str  # e.g. "sgd"
+    name: str  # e.g. "momentum, 16 x 1M"
+    device: str
+    dtype: str
+    numel: int  # elements updated per call
+    tensors: int
+    bytes_moved: int  # minimum bytes read + written per call
+    variants: list[Variant]
+
+
+@dataclasses.dataclass
+class Result:
+    group: str
+    case: str
+    variant: str
+    device: str
+    dtype: str
+    numel: int
+    tensors: int
+    median_ms: float
+    iqr_ms: float  # interquartile range of the repetitions
+    reps: int
+    gbps: float
+    frac_of_copy: float
+    speedup_vs_best_torch: float | None  # best torch time / this time
+    best_torch_variant: str | None
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], None], device: str, warmup: int, reps: int) -> list[float]:
+    """Per-call times in ms: CUDA events on GPU, perf_counter on CPU."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    if device.startswith("cuda"):
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def copy_bandwidth_gbps(device: str, numel: int, reps: int = 10) -> float:
+    """Device copy bandwidth (bytes read + written per second) of a large float32 copy_."""
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    times = time_fn(lambda: dst.copy_(src), device, warmup=2, reps=reps)
+    return 2 * numel * 4 / (statistics.median(times) * 1e-3) / 1e9
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) < 4:
+        m = statistics.median(xs)
+        return min(xs), m, max(xs)
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[1], q[2]
+
+
+class Progress:
+    """A one-line progress bar on stderr (no dependency)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.enabled = total, 0, enabled and total > 0
+        self.start = time.perf_counter()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / self.total)
+        elapsed = time.perf_counter() - self.start
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                         f"{elapsed:5.0f}s {label[:60]:<60}")
+        sys.stderr.flush()
+        if self.done == self.total:
+            sys.stderr.write("\n")
+
+
+def run_cases(cases: list[Case], copy_gbps: float, warmup: int, reps: int,
+              progress: bool = True) -> list[Result]:
+    results: list[Result] = []
+    bar = Progress(sum(len(c.variants) for c in cases), enabled=progress)
+    for case in cases:
+        timed: list[tuple[Variant, list[float]]] = []
+        for variant in case.variants:
+            fn = variant.setup()
+            timed.append((variant, time_fn(fn, case.device, warmup, reps)))
+            del fn
+            bar.step(f"{case.group}: {case.name} / {variant.name}")
+        torch_times = [(statistics.median(t), v.name) for v, t in timed if v.is_torch]
+        best_torch = min(torch_times) if torch_times else None
+        for variant, times in timed:
+            q1, med, q3 = _quartiles(times)
+            gbps = case.bytes_moved / (med * 1e-3) / 1e9
+            results.append(Result(
+                group=case.group, case=case.name, variant=variant.name, device=case.device,
+                dtype=case.dtype, numel=case.numel, tensors=case.tensors, median_ms=med,
+                iqr_ms=q3 - q1, reps=len(times), gbps=gbps, frac_of_copy=gbps / copy_gbps,
+                speedup_vs_best_torch=(best_torch[0] / med) if best_torch else None,
+                best_torch_variant=best_torch[1] if best_torch else None))
+    return results
+
+
+def environment(device: str, copy_gbps: float) -> dict:
+    import fusedopt
+
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "device": device,
+        "device_name": (torch.cuda.get_device_name(torch.device(device))
+                        if device.startswith("cuda") else platform.processor() or platform.machine()),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "fusedopt": fusedopt.__version__,
+        "fusedopt_build": fusedopt.build_info(),
+        "copy_gbps": round(copy_gbps, 2),
+    }
+    if not device.startswith("cuda"):
+        env["device_name"] = _cpu_model() or env["device_name"]
+    return env
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return None
+
+
+def format_table(results: list[Result]) -> str:
+    header = ["case", "variant", "median ms", "±iqr", "GB/s", "% copy", "vs best torch"]
+    rows = []
+    last_case = None
+    for r in results:
+        case = f"{r.group}: {r.case} [{r.dtype}]" if (r.group, r.case) != last_case else ""
+        last_case = (r.group, r.case)
+        ratio = f"{r.speedup_vs_best_torch:.2f}x" if r.speedup_vs_best_torch is not None else "-"
+        rows.append([case, r.variant, f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", f"{r.gbps:.1f}",
+                     f"{100 * r.frac_of_copy:.0f}%", ratio])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def write_outputs(results: list[Result], env: dict, out_dir: str) -> dict[str, str]:
+    """Appends to results.jsonl and results.csv in out_dir (one schema across runs and machines)."""
+    os.makedirs(out_dir, exist_ok=True)
+    run_id = time.strftime("%Y%m%dT%H%M%S")
+    rows = [dict(run_id=run_id, **dataclasses.asdict(r), device_name=env["device_name"],
+                 torch=env["torch"], fusedopt=env["fusedopt"], copy_gbps=env["copy_gbps"])
+            for r in results]
+    jsonl = os.path.join(out_dir, "results.jsonl")
+    with open(jsonl, "a") as f:
+        f.write(json.dumps({"run_id": run_id, "environment": env, "results": rows}) + "\n")
+    csv_path = os.path.join(out_dir, "results.csv")
+    new = not os.path.exists(csv_path)
+    with open(csv_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["run_id"])
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    return {"jsonl": jsonl, "csv": csv_path}

@@ -1,0 +1,63 @@
+"""Run fusedopt's benchmarks: ``python benchmarks/run.py [--device cuda] [--quick] [--only sgd]``.
+
+Prints a table (median time, spread, GB/s, % of copy bandwidth, speed-up over torch's fastest path)
+and appends the results to benchmarks/out/results.jsonl and results.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+import optimizers  # noqa: E402
+import workloads  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--only", nargs="*", default=sorted(optimizers.GROUPS), choices=sorted(optimizers.GROUPS),
+                    help="benchmark groups to run")
+    ap.add_argument("--quick", action="store_true", help="small sizes and few repetitions (a smoke test)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per variant")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    reps = args.reps or (3 if args.quick else (50 if args.device.startswith("cuda") else 15))
+    warmup = args.warmup or (1 if args.quick else 5)
+    dtype = DTYPES[args.dtype]
+    sets = workloads.standard_sets(args.quick)
+    cases = []
+    for group in args.only:
+        cases += optimizers.GROUPS[group](args.device, dtype, sets)
+
+    copy_numel = (1 << 22) if args.quick else ((1 << 28) if args.device.startswith("cuda") else (1 << 26))
+    copy_gbps = harness.copy_bandwidth_gbps(args.device, copy_numel)
+    env = harness.environment(args.device, copy_gbps)
+    print(f"# fusedopt benchmarks on {env['device_name']} ({args.device}), torch {env['torch']}, "
+          f"fusedopt {env['fusedopt']} [{env['fusedopt_build']['cpu_capability']}], "
+          f"{env['cpu_threads']} CPU threads, copy bandwidth {copy_gbps:.1f} GB/s"
+          f"{' (quick mode: sizes too small to judge speed)' if args.quick else ''}")
+    results = harness.run_cases(cases, copy_gbps, warmup, reps, progress=not args.no_progress)
+    print(harness.format_table(results))
+    paths = harness.write_outputs(results, env, args.out)
+    print(f"\nresults appended to {paths['jsonl']} and {paths['csv']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

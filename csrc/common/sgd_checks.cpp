@@ -1,0 +1,25 @@
+#include "common/sgd_checks.h"
+
+#include "common/tensor_lists.h"
+
+namespace fusedopt {
+
+void check_sgd_inputs(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                      double momentum, const std::optional<at::Tensor>& lr_tensor,
+                      const std::optional<at::Tensor>& grad_scale,
+                      const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "fusedopt.sgd_";
+  TORCH_CHECK(momentum == 0 || momentum_buffers.size() == params.size(), op, ": momentum is ",
+              momentum, " but momentum_buffers has ", momentum_buffers.size(),
+              " tensors; expected one per param");
+  check_tensor_lists(op, {{"params", params},
+                          {"grads", grads},
+                          {"momentum_buffers", momentum_buffers, /*may_be_empty=*/momentum == 0}});
+  if (params.empty()) return;
+  const at::Device device = params[0].device();
+  check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
+  check_scalar_tensor(op, "grad_scale", grad_scale, device);
+  check_scalar_tensor(op, "found_inf", found_inf, device);
+}
+
+}  // namespace fusedopt

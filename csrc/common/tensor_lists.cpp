@@ -1,0 +1,74 @@
+#include "common/tensor_lists.h"
+
+#include <c10/util/Exception.h>
+
+namespace fusedopt {
+
+bool is_supported_dtype(c10::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+bool same_memory_order(const at::Tensor& a, const at::Tensor& b) {
+  if (a.is_contiguous() && b.is_contiguous()) return true;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
+void check_tensor_lists(const char* op, std::initializer_list<NamedTensorList> lists) {
+  TORCH_CHECK(lists.size() > 0, op, ": no tensor lists given");
+  const NamedTensorList& ref = *lists.begin();
+  const size_t n = ref.tensors.size();
+  for (const auto& list : lists) {
+    if (list.may_be_empty && list.tensors.empty()) continue;
+    TORCH_CHECK(list.tensors.size() == n, op, ": ", list.name, " has ", list.tensors.size(),
+                " tensors but ", ref.name, " has ", n, "; expected one per ", ref.name, " entry");
+  }
+  if (n == 0) return;
+  const at::Device device = ref.tensors[0].device();
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& r = ref.tensors[i];
+    for (const auto& list : lists) {
+      if (list.may_be_empty && list.tensors.empty()) continue;
+      const at::Tensor& t = list.tensors[i];
+      TORCH_CHECK(t.defined(), op, ": ", list.name, "[", i, "] is undefined; expected a tensor");
+      TORCH_CHECK(t.layout() == at::kStrided, op, ": ", list.name, "[", i, "] has layout ",
+                  t.layout(), "; sparse tensors are not supported, expected strided");
+      TORCH_CHECK(!at::isComplexType(t.scalar_type()), op, ": ", list.name, "[", i,
+                  "] is complex (", t.scalar_type(), "); complex tensors are not supported");
+      TORCH_CHECK(is_supported_dtype(t.scalar_type()), op, ": ", list.name, "[", i, "] has dtype ",
+                  t.scalar_type(), "; expected float32, float64, float16 or bfloat16");
+      TORCH_CHECK(t.device() == device, op, ": ", list.name, "[", i, "] is on ", t.device(),
+                  " but ", ref.name, "[0] is on ", device, "; expected one device per call");
+      TORCH_CHECK(t.is_non_overlapping_and_dense(), op, ": ", list.name, "[", i,
+                  "] is not dense (strides ", t.strides(), " for shape ", t.sizes(),
+                  "); expected a tensor whose elements fill its memory without gaps or overlap");
+      if (&list == &ref) continue;
+      TORCH_CHECK(t.scalar_type() == r.scalar_type(), op, ": ", list.name, "[", i, "] has dtype ",
+                  t.scalar_type(), " but ", ref.name, "[", i, "] has dtype ", r.scalar_type(),
+                  "; expected the same dtype");
+      TORCH_CHECK(t.sizes() == r.sizes(), op, ": ", list.name, "[", i, "] has shape ", t.sizes(),
+                  " but ", ref.name, "[", i, "] has shape ", r.sizes(), "; expected the same shape");
+      TORCH_CHECK(same_memory_order(t, r), op, ": ", list.name, "[", i,
+                  "] has strides ", t.strides(), " but ", ref.name, "[", i, "] has strides ",
+                  r.strides(), "; expected the same memory layout");
+    }
+  }
+}
+
+void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                         const at::Device& device) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->defined(), op, ": ", name, " is an undefined tensor");
+  TORCH_CHECK(t->numel() == 1, op, ": ", name, " has ", t->numel(),
+              " elements; expected a 1-element tensor");
+  TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " has dtype ", t->scalar_type(),
+              "; expected float32");
+  TORCH_CHECK(t->device() == device, op, ": ", name, " is on ", t->device(),
+              " but the tensors are on ", device, "; expected the same device");
+}
+
+double read_cpu_scalar(const at::Tensor& t) { return *t.const_data_ptr<float>(); }
+
+}  // namespace fusedopt

@@ -1,0 +1,82 @@
+// Host-side handling of the tensor lists that multi-tensor ops take: validation (before anything is
+// written) and a raw view (pointers, sizes, dtypes) that the CPU and CUDA launchers walk.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+namespace fusedopt {
+
+// One tensor-list argument of an op, with the name its errors use.
+struct NamedTensorList {
+  const char* name;
+  at::TensorList tensors;
+  // When true the list may also be empty (e.g. momentum_buffers with momentum == 0).
+  bool may_be_empty = false;
+};
+
+// float32, float64, float16 or bfloat16: the dtypes every fused kernel takes.
+bool is_supported_dtype(c10::ScalarType t);
+
+// Two dense tensors of one shape walk their elements in the same memory order when their strides agree
+// on every dimension of size > 1 (a size-1 dimension's stride is arbitrary).
+bool same_memory_order(const at::Tensor& a, const at::Tensor& b);
+
+// Checks lists that run in lockstep: lists[0] is the reference (the params). Every non-empty list has
+// the reference's length; for each index i all tensors sit on one device, have the reference's dtype,
+// shape and strides, are dense and non-overlapping, strided (not sparse), and of a supported floating
+// dtype (float32, float64, float16, bfloat16). Raises c10::Error naming op, list and index otherwise.
+void check_tensor_lists(const char* op, std::initializer_list<NamedTensorList> lists);
+
+// Checks an optional 1-element float32 tensor argument (lr, grad_scale, found_inf) on `device`.
+void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                         const at::Device& device);
+
+// Reads a checked 1-element CPU scalar tensor; for CPU kernels only.
+double read_cpu_scalar(const at::Tensor& t);
+
+// The device of a call: that of lists[0][0] (lists may not be empty when this is called).
+inline at::Device device_of(at::TensorList params) { return params[0].device(); }
+
+// Raw view of K lockstep lists. An absent (empty) list has nullptr pointers.
+template <size_t K>
+struct TensorListsView {
+  std::vector<std::array<void*, K>> ptrs;
+  std::vector<int64_t> numel;
+  std::vector<c10::ScalarType> dtype;
+  // offsets[i] = numel of tensors before i; offsets.back() = total elements.
+  std::vector<int64_t> offsets;
+
+  size_t size() const { return numel.size(); }
+  int64_t total() const { return offsets.back(); }
+};
+
+template <size_t K>
+TensorListsView<K> make_lists_view(const std::array<at::TensorList, K>& lists) {
+  TensorListsView<K> view;
+  const size_t n = lists[0].size();
+  view.ptrs.resize(n);
+  view.numel.resize(n);
+  view.dtype.resize(n);
+  view.offsets.resize(n + 1);
+  int64_t offset = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t k = 0; k < K; ++k) {
+      view.ptrs[i][k] = lists[k].empty() ? nullptr : lists[k][i].data_ptr();
+    }
+    view.numel[i] = lists[0][i].numel();
+    view.dtype[i] = lists[0][i].scalar_type();
+    view.offsets[i] = offset;
+    offset += view.numel[i];
+  }
+  view.offsets[n] = offset;
+  return view;
+}
+
+}  // namespace fusedopt

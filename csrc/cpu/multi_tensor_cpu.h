@@ -1,0 +1,139 @@
+// The CPU multi-tensor engine: one parallel region over every element of every tensor in a list, and a
+// vectorised loop that loads K lockstep arrays as float/double SIMD registers, applies an update rule
+// from csrc/include/fusedopt, and stores back the arrays it writes.
+//
+// Included only by files compiled per CPU variant (csrc/cpu/kernels), so Vectorized is that variant's.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <tuple>
+#include <utility>
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include "common/tensor_lists.h"
+#include "cpu/vec_ops.h"
+
+namespace fusedopt::cpu {
+namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+// Below this many elements a call runs on the calling thread: forking costs more than it saves.
+constexpr int64_t kMinElementsPerThread = 32768;
+// Thread slices start on multiples of this many elements, so slices of one tensor stay vector-aligned.
+constexpr int64_t kSliceAlign = 64;
+
+// Calls fn(i, begin, end) for contiguous element ranges [begin, end) of tensor i, covering every element
+// of every tensor exactly once, from one parallel region. The concatenation of all tensors is cut into
+// equal slices, one per thread, so a few large tensors and many small ones balance alike.
+template <size_t K, typename Fn>
+void for_each_segment_parallel(const TensorListsView<K>& view, const Fn& fn) {
+  const int64_t total = view.total();
+  if (total == 0) return;
+  const int64_t max_parts = std::max<int64_t>(1, total / kMinElementsPerThread);
+  const int64_t parts = std::min<int64_t>(at::get_num_threads(), max_parts);
+  int64_t slice = (total + parts - 1) / parts;
+  slice = (slice + kSliceAlign - 1) / kSliceAlign * kSliceAlign;
+  auto run_slice = [&](int64_t begin, int64_t end) {
+    // Last tensor whose first element is at or before `begin` (skipping empty ones).
+    size_t t = std::upper_bound(view.offsets.begin(), view.offsets.end(), begin) -
+               view.offsets.begin() - 1;
+    while (begin < end) {
+      const int64_t stop = std::min(end, view.offsets[t + 1]);
+      if (stop > begin) fn(t, begin - view.offsets[t], stop - view.offsets[t]);
+      begin = stop;
+      ++t;
+    }
+  };
+  if (parts == 1) {
+    run_slice(0, total);
+    return;
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    for (int64_t p = first; p < last; ++p) {
+      run_slice(std::min(total, p * slice), std::min(total, (p + 1) * slice));
+    }
+  });
+}
+
+// Loads and stores of one array as math-type registers: float and double load one register per step,
+// Half and BFloat16 load twice as many elements and widen them into two float registers.
+template <typename scalar_t>
+struct VecIO {
+  using opmath_t = scalar_t;
+  using V = Vectorized<scalar_t>;
+  static constexpr int kParts = 1;
+  static constexpr int64_t kStep = V::size();
+  static inline void load(const scalar_t* p, V (&out)[1], int64_t n) {
+    out[0] = n == kStep ? V::loadu(p) : V::loadu(p, n);
+  }
+  static inline void store(scalar_t* p, const V (&in)[1], int64_t n) {
+    n == kStep ? in[0].store(p) : in[0].store(p, n);
+  }
+};
+
+template <typename half_t>
+struct HalfVecIO {
+  using opmath_t = float;
+  using V = Vectorized<float>;
+  using H = Vectorized<half_t>;
+  static constexpr int kParts = 2;
+  static constexpr int64_t kStep = H::size();
+  static inline void load(const half_t* p, V (&out)[2], int64_t n) {
+    const H h = n == kStep ? H::loadu(p) : H::loadu(p, n);
+    std::tie(out[0], out[1]) = at::vec::convert_to_float<half_t>(h);
+  }
+  static inline void store(half_t* p, const V (&in)[2], int64_t n) {
+    const H h = at::vec::convert_from_float<half_t>(in[0], in[1]);
+    n == kStep ? h.store(p) : h.store(p, n);
+  }
+};
+template <>
+struct VecIO<at::Half> : HalfVecIO<at::Half> {};
+template <>
+struct VecIO<at::BFloat16> : HalfVecIO<at::BFloat16> {};
+
+// Walks n elements of K lockstep arrays of scalar_t. Array k is loaded when bit k of read_mask is set
+// and stored when bit k of write_mask is set; update(v_0, ..., v_{K-1}) gets one math-type register of
+// each (an unread array's register holds zeros and must be assigned before it is used).
+template <typename scalar_t, size_t K, typename Update, size_t... I>
+inline void vectorized_map_impl(const std::array<scalar_t*, K>& arrays, int64_t n, unsigned read_mask,
+                                unsigned write_mask, const Update& update, std::index_sequence<I...>) {
+  using IO = VecIO<scalar_t>;
+  using V = typename IO::V;
+  V v[K][IO::kParts];
+  for (auto& regs : v)
+    for (auto& r : regs) r = V(0);
+  for (int64_t i = 0; i < n; i += IO::kStep) {
+    const int64_t len = std::min<int64_t>(IO::kStep, n - i);
+    for (size_t k = 0; k < K; ++k) {
+      if (read_mask >> k & 1u) IO::load(arrays[k] + i, v[k], len);
+    }
+    for (int part = 0; part < IO::kParts; ++part) update(v[I][part]...);
+    for (size_t k = 0; k < K; ++k) {
+      if (write_mask >> k & 1u) IO::store(arrays[k] + i, v[k], len);
+    }
+  }
+}
+
+template <typename scalar_t, size_t K, typename Update>
+inline void vectorized_map(const std::array<scalar_t*, K>& arrays, int64_t n, unsigned read_mask,
+                           unsigned write_mask, const Update& update) {
+  vectorized_map_impl(arrays, n, read_mask, write_mask, update, std::make_index_sequence<K>{});
+}
+
+// The pointers of tensor i's elements [begin, ...) in each of the K lists, typed as scalar_t.
+template <typename scalar_t, size_t K>
+inline std::array<scalar_t*, K> typed_slice(const TensorListsView<K>& view, size_t i, int64_t begin) {
+  std::array<scalar_t*, K> out;
+  for (size_t k = 0; k < K; ++k) {
+    out[k] = view.ptrs[i][k] ? static_cast<scalar_t*>(view.ptrs[i][k]) + begin : nullptr;
+  }
+  return out;
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace fusedopt::cpu

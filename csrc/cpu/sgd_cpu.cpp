@@ -1,0 +1,31 @@
+// fusedopt::sgd_ on CPU: checks, then the per-variant kernel (csrc/cpu/kernels/sgd_kernel.cpp).
+#include <torch/library.h>
+
+#include "common/sgd_checks.h"
+#include "cpu/kernels/kernels.h"
+
+namespace fusedopt::cpu {
+namespace {
+
+void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
+             double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
+             bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
+             const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  check_sgd_inputs(params, grads, momentum_buffers, momentum, lr_tensor, grad_scale, found_inf);
+  if (params.empty()) return;
+  if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;  // GradScaler: skip step
+  SgdCpuArgs args;
+  args.hyper = SgdHyper{weight_decay, momentum, dampening, nesterov, maximize, is_first_step};
+  args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
+  args.unscale_grads = grad_scale.has_value();
+  args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
+  FUSEDOPT_CPU_KERNEL(sgd_kernel)(make_lists_view<3>({params, grads, momentum_buffers}), args);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedopt, CPU, m) { m.impl("sgd_", &sgd_cpu); }
+// A sparse tensor in the lists routes the call here; the checks then reject it with a clear message.
+TORCH_LIBRARY_IMPL(fusedopt, SparseCPU, m) { m.impl("sgd_", &sgd_cpu); }
+
+}  // namespace fusedopt::cpu

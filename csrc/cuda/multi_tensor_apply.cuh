@@ -1,0 +1,177 @@
+// The CUDA multi-tensor launcher: one kernel launch updates hundreds of tensors, each split into chunks
+// of kChunk elements, one chunk per block. The per-element work is a small "op" functor that wraps an
+// update rule from csrc/include/fusedopt; everything here is the GPU-only scaffolding around it.
+//
+// The table of tensors travels in the kernel's parameter space (32 KiB on sm_70+ since CUDA 12.1): no
+// host allocation, no host-to-device copy, nothing to keep alive, and CUDA-graph capture records it by
+// value. A block finds its tensor by binary search over the table's chunk offsets.
+//
+// An op provides:
+//   unsigned read_mask, write_mask;                  bit k: list k is loaded / stored
+//   __device__ bool skip() const;                    true: the whole launch does nothing (found_inf)
+//   template <typename opmath_t> __device__ auto bind() const;
+//       returns a callable taking K opmath_t& (one element of each list), with any device-side scalars
+//       (lr, grad scale) already loaded.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "common/tensor_lists.h"
+
+namespace fusedopt::cuda {
+
+constexpr int kThreads = 512;
+constexpr int kChunk = 65536;  // elements per block
+constexpr int kUnroll = 4;     // accesses per thread and list issued before the first is used
+// Bytes of parameter space for the table; the rest of the 32764 is left for the op functor.
+constexpr size_t kTableBytes = 31 * 1024;
+
+template <int K>
+struct TensorTable {
+  static constexpr int kCapacity =
+      int((kTableBytes - 16) / (K * sizeof(void*) + sizeof(int64_t) + sizeof(int32_t))) - 1;
+  void* ptr[K][kCapacity];
+  int64_t numel[kCapacity];
+  int32_t first_chunk[kCapacity + 1];  // first_chunk[count] = number of chunks (= blocks)
+  int32_t count;
+};
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Walks the n elements of one chunk, W elements per access (W > 1 only when every list's pointer is
+// 16-byte aligned), kUnroll accesses per thread in flight.
+template <int W, typename scalar_t, typename opmath_t, int K, typename Update, size_t... I>
+__device__ __forceinline__ void process_chunk(scalar_t* const (&base)[K], int n, unsigned read_mask,
+                                              unsigned write_mask, const Update& update,
+                                              std::index_sequence<I...>) {
+  const int step = blockDim.x * W;
+  for (int first = threadIdx.x * W; first < n; first += step * kUnroll) {
+    opmath_t v[K][kUnroll][W];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int at = first + u * step;
+        if ((read_mask >> k & 1u) && at < n) {
+          if (at + W <= n) {
+            const Pack<scalar_t, W> p = *reinterpret_cast<const Pack<scalar_t, W>*>(base[k] + at);
+#pragma unroll
+            for (int j = 0; j < W; ++j) v[k][u][j] = static_cast<opmath_t>(p.v[j]);
+          } else {
+#pragma unroll
+            for (int j = 0; j < W; ++j) v[k][u][j] = at + j < n ? static_cast<opmath_t>(base[k][at + j]) : opmath_t(0);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < W; ++j) v[k][u][j] = opmath_t(0);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int j = 0; j < W; ++j) update(v[I][u][j]...);
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int at = first + u * step;
+        if ((write_mask >> k & 1u) && at < n) {
+          if (at + W <= n) {
+            Pack<scalar_t, W> p;
+#pragma unroll
+            for (int j = 0; j < W; ++j) p.v[j] = static_cast<scalar_t>(v[k][u][j]);
+            *reinterpret_cast<Pack<scalar_t, W>*>(base[k] + at) = p;
+          } else {
+#pragma unroll
+            for (int j = 0; j < W; ++j) {
+              if (at + j < n) base[k][at + j] = static_cast<scalar_t>(v[k][u][j]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t, int K, typename Op>
+__global__ void __launch_bounds__(kThreads)
+    multi_tensor_kernel(const __grid_constant__ TensorTable<K> table, const __grid_constant__ Op op) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  if (op.skip()) return;
+  const auto update = op.template bind<opmath_t>();
+
+  // The tensor of this block: the last t with first_chunk[t] <= blockIdx.x.
+  const int chunk = blockIdx.x;
+  int lo = 0, hi = table.count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (table.first_chunk[mid] <= chunk) lo = mid;
+    else hi = mid - 1;
+  }
+  const int64_t begin = int64_t(chunk - table.first_chunk[lo]) * kChunk;
+  const int n = int(min(int64_t(kChunk), table.numel[lo] - begin));
+
+  scalar_t* base[K];
+  bool aligned = true;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    base[k] = table.ptr[k][lo] ? static_cast<scalar_t*>(table.ptr[k][lo]) + begin : nullptr;
+    aligned &= reinterpret_cast<uintptr_t>(base[k]) % 16 == 0;
+  }
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  if (aligned) {
+    process_chunk<kVec, scalar_t, opmath_t>(base, n, op.read_mask, op.write_mask, update,
+                                            std::make_index_sequence<K>{});
+  } else {
+    process_chunk<1, scalar_t, opmath_t>(base, n, op.read_mask, op.write_mask, update,
+                                         std::make_index_sequence<K>{});
+  }
+}
+
+// Launches `op` over every tensor of the view on the current stream of the current device: one launch
+// per dtype and per table's worth of tensors. Empty tensors are skipped.
+template <size_t K, typename Op>
+void launch_multi_tensor(const TensorListsView<K>& view, const Op& op) {
+  static_assert(sizeof(TensorTable<K>) + sizeof(Op) <= 32764, "kernel parameters exceed 32764 bytes");
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const c10::ScalarType dtypes[] = {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble};
+  for (const c10::ScalarType dtype : dtypes) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fusedopt multi_tensor", [&] {
+      TensorTable<K> table;
+      table.count = 0;
+      int64_t chunks = 0;
+      auto flush = [&] {
+        if (table.count == 0) return;
+        table.first_chunk[table.count] = int32_t(chunks);
+        multi_tensor_kernel<scalar_t, K, Op><<<unsigned(chunks), kThreads, 0, stream>>>(table, op);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        table.count = 0;
+        chunks = 0;
+      };
+      for (size_t i = 0; i < view.size(); ++i) {
+        if (view.dtype[i] != dtype || view.numel[i] == 0) continue;
+        const int64_t tensor_chunks = (view.numel[i] + kChunk - 1) / kChunk;
+        if (chunks + tensor_chunks > int64_t(INT32_MAX)) flush();
+        for (size_t k = 0; k < K; ++k) table.ptr[k][table.count] = view.ptrs[i][k];
+        table.numel[table.count] = view.numel[i];
+        table.first_chunk[table.count] = int32_t(chunks);
+        chunks += tensor_chunks;
+        if (++table.count == TensorTable<K>::kCapacity) flush();
+      }
+      flush();
+    });
+  }
+}
+
+}  // namespace fusedopt::cuda

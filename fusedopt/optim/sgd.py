@@ -1,0 +1,133 @@
+"""Fused SGD: ``fusedopt.optim.SGD`` is a drop-in for ``torch.optim.SGD``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _ops
+from . import _common
+
+_NAME = "fusedopt.optim.SGD"
+
+
+class SGD(torch.optim.SGD):
+    """Implements stochastic gradient descent (optionally with momentum), as :class:`torch.optim.SGD`,
+    with each param group's update done by one fused kernel per device (``torch.ops.fusedopt.sgd_``).
+
+    Same constructor, defaults, validation errors, param groups and ``state_dict`` layout as
+    ``torch.optim.SGD`` (it is a subclass), so checkpoints move between the two both ways. ``foreach``
+    and ``fused`` are accepted for compatibility and recorded, but the step is always fused.
+    ``differentiable=True``, sparse gradients and complex parameters are not supported and raise
+    before anything is modified. Works with ``torch.amp.GradScaler``: grads are unscaled inside the
+    kernel and a step with non-finite grads changes nothing.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        # The checks and messages of torch.optim.SGD.
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        if differentiable:
+            raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.SGD")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        torch.optim.Optimizer.__init__(self, params, defaults)
+        # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
+        self._step_supports_amp_scaling = True
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        # Everything is checked before anything is modified.
+        plans = []
+        for i, group in enumerate(self.param_groups):
+            if group["differentiable"]:
+                raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.SGD")
+            keys = ("momentum_buffer",) if group["momentum"] != 0 else ()
+            plan = _common.collect(self, _NAME, i, keys)
+            if plan.params:
+                plans.append(plan)
+        grad_scale, found_inf = _common.grad_scaler_tensors(self)
+        if found_inf is not None and any(
+                _common.missing(p.states["momentum_buffer"]) for p in plans if p.states):
+            # A param's first momentum step creates its buffer from the gradient. If GradScaler is
+            # about to skip this step, the buffer must not exist afterwards (torch's non-fused path
+            # skips step() entirely; torch's fused path would leave the empty buffer uninitialised).
+            # This is the only host synchronisation: once, on a param's first step.
+            if found_inf.item() != 0:
+                return loss
+
+        moved: dict = {}
+        for plan in plans:
+            plan.repair_layouts(self.state)
+            for part in plan.by_device():
+                self._run(part, _common.on_device(grad_scale, part.device, moved),
+                          _common.on_device(found_inf, part.device, moved))
+            if grad_scale is not None:
+                plan.write_back_grads()
+        return loss
+
+    def _run(self, plan: _common.GroupPlan, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+        group = plan.group
+        lr, lr_tensor = _common.lr_args(group["lr"], plan.device)
+        hyper = dict(
+            lr=lr, lr_tensor=lr_tensor, weight_decay=float(group["weight_decay"]),
+            momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
+            maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
+        )
+        if group["momentum"] == 0:
+            _ops.sgd_(plan.params, plan.grads, [], is_first_step=False, **hyper)
+            return
+        bufs = plan.states["momentum_buffer"]
+        fresh = _common.missing(bufs)
+        for i in fresh:
+            p = plan.params[i]
+            self.state[p]["momentum_buffer"] = bufs[i] = torch.empty_like(p, memory_format=torch.preserve_format)
+        if len(fresh) in (0, len(bufs)):
+            _ops.sgd_(plan.params, plan.grads, bufs, is_first_step=bool(fresh), **hyper)
+            return
+        # Some params start their momentum now (their grad was None until now), others continue.
+        fresh_set = set(fresh)
+        for first in (True, False):
+            idx = [i for i in range(len(bufs)) if (i in fresh_set) == first]
+            _ops.sgd_([plan.params[i] for i in idx], [plan.grads[i] for i in idx],
+                      [bufs[i] for i in idx], is_first_step=first, **hyper)

@@ -44,7 +44,11 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def standard_sets(quick: bool) -> list[ParamSet]:
-    """One set of few large tensors and one of many small ones, 16M parameters each (1M in quick)."""
+def standard_sets(quick: bool, device: str = "cpu") -> list[ParamSet]:
+    """One set of few large tensors and one of many small ones, 16M parameters each (1M in quick);
+    on GPUs also one flat 256M-parameter tensor, large enough for memory bandwidth to dominate."""
     total = (1 << 20) if quick else (16 << 20)
-    return [equal_split(total, 16), equal_split(total, 2000 if not quick else 200)]
+    sets = [equal_split(total, 16), equal_split(total, 2000 if not quick else 200)]
+    if device.startswith("cuda") and not quick:
+        sets.append(equal_split(256 << 20, 1))
+    return sets

@@ -7,6 +7,7 @@ loaded, so a torch mismatch is reported as such instead of as an undefined-symbo
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 import torch
@@ -63,6 +64,13 @@ def load_extension() -> ModuleType:
         _module = importlib.import_module("fusedopt._C")
     except ImportError as e:
         if "fusedopt._C" in str(e) or "No module named" in str(e):
+            package_dir = os.path.dirname(os.path.abspath(__file__))
+            if os.path.exists(os.path.join(package_dir, "..", "setup.py")):
+                raise ImportError(
+                    f"fusedopt was imported from its source tree ({package_dir}), which holds no "
+                    f"compiled extension: run from another directory to use the installed copy, or "
+                    f"build in place with: python setup.py build_ext --inplace"
+                ) from e
             raise ImportError(
                 f"fusedopt's compiled extension fusedopt._C is missing next to "
                 f"fusedopt/_build_info.py ({e}). {_REBUILD}"

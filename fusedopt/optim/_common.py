@@ -1,11 +1,8 @@
 """Machinery shared by the fusedopt optimizers: one checked pass over a param group before anything is
-modified (in C++, see csrc/python/step_helpers.cpp), layout repairs, grouping by device, and the
-arguments GradScaler and tensor learning rates turn into."""
+modified, kept in C++ (``_C.CollectedGroup``, see csrc/python/step_helpers.cpp); layout repairs; and
+the arguments GradScaler and tensor learning rates turn into."""
 
 from __future__ import annotations
-
-import dataclasses
-from collections import defaultdict
 
 import torch
 from torch import Tensor
@@ -13,75 +10,54 @@ from torch import Tensor
 from .. import _C
 
 
-@dataclasses.dataclass
-class GroupPlan:
-    """The params of one param group that have grads, with their grads and state tensors, checked.
-
-    ``states[key][i]`` is the state tensor ``key`` of ``params[i]``, or None where it does not exist yet
-    (the param's first step)."""
-
-    group: dict
-    params: list[Tensor]
-    grads: list[Tensor]
-    states: dict[str, list[Tensor | None]]
-    grad_fixes: list[int]
-    state_fixes: list[tuple[int, int]]
-    num_devices: int
-    # grads[i] replaced by a copy in its param's layout: original grads, for writing back.
-    replaced_grads: dict[int, Tensor] = dataclasses.field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return self.params[0].device
-
-    def repair_layouts(self, optimizer_state) -> None:
-        """Grads and state tensors whose dtype, device or memory order differ from their param's
-        (hand-assigned grads, state loaded from a checkpoint) are replaced by equal-valued tensors laid
-        out like the param; repaired state tensors are stored back into the optimizer's state."""
-        for i in self.grad_fixes:
-            p, g = self.params[i], self.grads[i]
-            self.replaced_grads[i] = g
-            self.grads[i] = torch.empty_like(p).copy_(g)
-        keys = list(self.states)
-        for key_index, i in self.state_fixes:
-            key, p = keys[key_index], self.params[i]
-            fixed = torch.empty_like(p).copy_(self.states[key][i])
-            optimizer_state[p][key] = self.states[key][i] = fixed
-
-    def write_back_grads(self) -> None:
-        """Copy grads the kernel rewrote (GradScaler unscaling) into the grads they replaced."""
-        for i, original in self.replaced_grads.items():
-            original.copy_(self.grads[i])
-
-    def by_device(self) -> list["GroupPlan"]:
-        if self.num_devices == 1:
-            return [self]
-        indices: dict[torch.device, list[int]] = defaultdict(list)
-        for i, p in enumerate(self.params):
-            indices[p.device].append(i)
-        plans = []
-        for idx in indices.values():
-            pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
-            plan = GroupPlan(self.group, pick(self.params), pick(self.grads),
-                             {k: pick(v) for k, v in self.states.items()}, [], [], 1)
-            plan.replaced_grads = {j: self.replaced_grads[i] for j, i in enumerate(idx)
-                                   if i in self.replaced_grads}
-            plans.append(plan)
-        return plans
+def collect(optimizer, name: str, group_index: int, keys: tuple[str, ...]) -> "_C.CollectedGroup":
+    """Check and gather one param group: the params that have grads, their grads, their state tensors
+    under `keys`. Raises (naming the group and param) before anything is modified when the fused
+    kernels cannot take it."""
+    return _C.collect_group(optimizer.param_groups[group_index]["params"], optimizer.state, list(keys),
+                            f"{name}: param group {group_index}")
 
 
-def collect(optimizer, name: str, group_index: int, keys: tuple[str, ...]) -> GroupPlan:
-    """Check and gather one param group; raises (naming the group and param) before anything is
-    modified when the fused kernels cannot take it."""
-    group = optimizer.param_groups[group_index]
-    params, grads, states, grad_fixes, state_fixes, num_devices = _C.collect_group(
-        group["params"], optimizer.state, list(keys), f"{name}: param group {group_index}")
-    return GroupPlan(group, params, grads, dict(zip(keys, states)), grad_fixes,
-                     [tuple(f) for f in state_fixes], num_devices)
+def repair_layouts(collected, optimizer_state) -> dict[int, Tensor]:
+    """Replace grads and state tensors whose dtype, device or memory order differ from their param's
+    (hand-assigned grads, state loaded from a checkpoint) by equal-valued tensors laid out like the
+    param; repaired state is stored back into the optimizer's state. Returns {index: original grad}
+    for the grads replaced, to write unscaled values back after a GradScaler step."""
+    replaced = {}
+    if collected.grad_fixes:
+        params, grads = collected.params, collected.grads
+        for i in collected.grad_fixes:
+            replaced[i] = grads[i]
+            collected.set_grad(i, torch.empty_like(params[i]).copy_(grads[i]))
+    if collected.state_fixes:
+        params = collected.params
+        for key_index, i in collected.state_fixes:
+            key = collected.keys[key_index]
+            fixed = torch.empty_like(params[i]).copy_(collected.state(key)[i])
+            optimizer_state[params[i]][key] = fixed
+            collected.set_state(key, i, fixed)
+    return replaced
 
 
-def missing(states: list[Tensor | None]) -> list[int]:
-    return [i for i, s in enumerate(states) if s is None]
+def write_back_grads(collected, replaced: dict[int, Tensor]) -> None:
+    """Copy grads the kernel rewrote (GradScaler unscaling) into the grads they replaced."""
+    if replaced:
+        grads = collected.grads
+        for i, original in replaced.items():
+            original.copy_(grads[i])
+
+
+def create_missing_state(collected, optimizer_state, key: str, make) -> list[int]:
+    """State `key` for every param that has none yet, made by make(param) and stored in the optimizer
+    state. Returns the indices that got new state."""
+    fresh = collected.missing(key)
+    if fresh:
+        params = collected.params
+        for i in fresh:
+            t = make(params[i])
+            optimizer_state[params[i]][key] = t
+            collected.set_state(key, i, t)
+    return fresh
 
 
 def grad_scaler_tensors(optimizer) -> tuple[Tensor | None, Tensor | None]:

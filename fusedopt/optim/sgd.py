@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _ops
+from .. import _C
 from . import _common
 
 _NAME = "fusedopt.optim.SGD"
@@ -78,17 +78,16 @@ class SGD(torch.optim.SGD):
                 loss = closure()
 
         # Everything is checked before anything is modified.
-        plans = []
+        collected = []
         for i, group in enumerate(self.param_groups):
             if group["differentiable"]:
                 raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.SGD")
             keys = ("momentum_buffer",) if group["momentum"] != 0 else ()
-            plan = _common.collect(self, _NAME, i, keys)
-            if plan.params:
-                plans.append(plan)
+            c = _common.collect(self, _NAME, i, keys)
+            if len(c):
+                collected.append((group, c))
         grad_scale, found_inf = _common.grad_scaler_tensors(self)
-        if found_inf is not None and any(
-                _common.missing(p.states["momentum_buffer"]) for p in plans if p.states):
+        if found_inf is not None and any(c.keys and c.missing("momentum_buffer") for _, c in collected):
             # A param's first momentum step creates its buffer from the gradient. If GradScaler is
             # about to skip this step, the buffer must not exist afterwards (torch's non-fused path
             # skips step() entirely; torch's fused path would leave the empty buffer uninitialised).
@@ -97,37 +96,32 @@ class SGD(torch.optim.SGD):
                 return loss
 
         moved: dict = {}
-        for plan in plans:
-            plan.repair_layouts(self.state)
-            for part in plan.by_device():
-                self._run(part, _common.on_device(grad_scale, part.device, moved),
-                          _common.on_device(found_inf, part.device, moved))
+        for group, c in collected:
+            replaced = _common.repair_layouts(c, self.state)
+            for part in c.by_device():
+                device = part.device
+                self._run(group, part, _common.on_device(grad_scale, device, moved),
+                          _common.on_device(found_inf, device, moved))
             if grad_scale is not None:
-                plan.write_back_grads()
+                _common.write_back_grads(c, replaced)
         return loss
 
-    def _run(self, plan: _common.GroupPlan, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
-        group = plan.group
-        lr, lr_tensor = _common.lr_args(group["lr"], plan.device)
+    def _run(self, group: dict, c, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+        lr, lr_tensor = _common.lr_args(group["lr"], c.device)
         hyper = dict(
             lr=lr, lr_tensor=lr_tensor, weight_decay=float(group["weight_decay"]),
             momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
             maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
         )
         if group["momentum"] == 0:
-            _ops.sgd_(plan.params, plan.grads, [], is_first_step=False, **hyper)
+            _C.sgd_group(c, is_first_step=False, **hyper)
             return
-        bufs = plan.states["momentum_buffer"]
-        fresh = _common.missing(bufs)
-        for i in fresh:
-            p = plan.params[i]
-            self.state[p]["momentum_buffer"] = bufs[i] = torch.empty_like(p, memory_format=torch.preserve_format)
-        if len(fresh) in (0, len(bufs)):
-            _ops.sgd_(plan.params, plan.grads, bufs, is_first_step=bool(fresh), **hyper)
+        fresh = _common.create_missing_state(
+            c, self.state, "momentum_buffer", lambda p: torch.empty_like(p, memory_format=torch.preserve_format))
+        if len(fresh) in (0, len(c)):
+            _C.sgd_group(c, is_first_step=bool(fresh), **hyper)
             return
         # Some params start their momentum now (their grad was None until now), others continue.
         fresh_set = set(fresh)
-        for first in (True, False):
-            idx = [i for i in range(len(bufs)) if (i in fresh_set) == first]
-            _ops.sgd_([plan.params[i] for i in idx], [plan.grads[i] for i in idx],
-                      [bufs[i] for i in idx], is_first_step=first, **hyper)
+        _C.sgd_group(c.select(fresh), is_first_step=True, **hyper)
+        _C.sgd_group(c.select([i for i in range(len(c)) if i not in fresh_set]), is_first_step=False, **hyper)

@@ -125,26 +125,46 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def _time_once(fn: Callable[[], None], device: str) -> float:
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def run_cases(cases: list[Case], copy_gbps: float, warmup: int, reps: int,
               progress: bool = True) -> list[Result]:
+    """Times every variant of a case in the same run, round-robin (one rep of each in turn), so that
+    drifts of the machine's state (clocks, other load, memory placement) hit all variants alike."""
     results: list[Result] = []
-    bar = Progress(sum(len(c.variants) for c in cases), enabled=progress)
+    bar = Progress(len(cases), enabled=progress)
     for case in cases:
-        timed: list[tuple[Variant, list[float]]] = []
-        for variant in case.variants:
-            fn = variant.setup()
-            timed.append((variant, time_fn(fn, case.device, warmup, reps)))
-            del fn
-            bar.step(f"{case.group}: {case.name} / {variant.name}")
-        torch_times = [(statistics.median(t), v.name) for v, t in timed if v.is_torch]
+        fns = [v.setup() for v in case.variants]
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
+        _sync(case.device)
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(reps):
+            for i, fn in enumerate(fns):
+                times[i].append(_time_once(fn, case.device))
+        del fns
+        bar.step(f"{case.group}: {case.name}")
+        torch_times = [(statistics.median(t), v.name) for v, t in zip(case.variants, times) if v.is_torch]
         best_torch = min(torch_times) if torch_times else None
-        for variant, times in timed:
-            q1, med, q3 = _quartiles(times)
+        for variant, ts in zip(case.variants, times):
+            q1, med, q3 = _quartiles(ts)
             gbps = case.bytes_moved / (med * 1e-3) / 1e9
             results.append(Result(
                 group=case.group, case=case.name, variant=variant.name, device=case.device,
                 dtype=case.dtype, numel=case.numel, tensors=case.tensors, median_ms=med,
-                iqr_ms=q3 - q1, reps=len(times), gbps=gbps, frac_of_copy=gbps / copy_gbps,
+                iqr_ms=q3 - q1, reps=len(ts), gbps=gbps, frac_of_copy=gbps / copy_gbps,
                 speedup_vs_best_torch=(best_torch[0] / med) if best_torch else None,
                 best_torch_variant=best_torch[1] if best_torch else None))
     return results

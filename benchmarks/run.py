@@ -35,9 +35,11 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--record", metavar="NAME",
+                    help="also append this run to benchmarks/results/NAME.jsonl and regenerate RESULTS.md")
     args = ap.parse_args(argv)
 
-    reps = args.reps or (3 if args.quick else (50 if args.device.startswith("cuda") else 15))
+    reps = args.reps or (3 if args.quick else (50 if args.device.startswith("cuda") else 25))
     warmup = args.warmup or (1 if args.quick else 5)
     dtype = DTYPES[args.dtype]
     sets = workloads.standard_sets(args.quick, args.device)
@@ -56,6 +58,14 @@ def main(argv=None) -> int:
     print(harness.format_table(results))
     paths = harness.write_outputs(results, env, args.out)
     print(f"\nresults appended to {paths['jsonl']} and {paths['csv']}")
+    if args.record:
+        import report
+
+        record = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{args.record}.jsonl")
+        os.makedirs(os.path.dirname(record), exist_ok=True)
+        with open(paths["jsonl"]) as src, open(record, "a") as dst:
+            dst.write(src.readlines()[-1])
+        report.main()
     return 0
 
 

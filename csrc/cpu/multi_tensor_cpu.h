@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include <ATen/Dispatch.h>
@@ -96,33 +97,40 @@ struct VecIO<at::Half> : HalfVecIO<at::Half> {};
 template <>
 struct VecIO<at::BFloat16> : HalfVecIO<at::BFloat16> {};
 
-// Walks n elements of K lockstep arrays of scalar_t. Array k is loaded when bit k of read_mask is set
-// and stored when bit k of write_mask is set; update(v_0, ..., v_{K-1}) gets one math-type register of
-// each (an unread array's register holds zeros and must be assigned before it is used).
-template <typename scalar_t, size_t K, typename Update, size_t... I>
-inline void vectorized_map_impl(const std::array<scalar_t*, K>& arrays, int64_t n, unsigned read_mask,
-                                unsigned write_mask, const Update& update, std::index_sequence<I...>) {
+// Walks n elements of K lockstep arrays of scalar_t. Array k is loaded when bit k of kRead is set and
+// stored when bit k of kWrite is set (compile-time masks keep the loop free of branches);
+// update(v_0, ..., v_{K-1}) gets one math-type register of each (an unread array's register holds
+// zeros and must be assigned before it is used).
+template <unsigned kRead, unsigned kWrite, typename scalar_t, size_t K, typename Update, size_t... I>
+inline void vectorized_map_impl(const std::array<scalar_t*, K>& arrays, int64_t n, const Update& update,
+                                std::index_sequence<I...>) {
   using IO = VecIO<scalar_t>;
   using V = typename IO::V;
+  constexpr int64_t kStep = IO::kStep;
   V v[K][IO::kParts];
   for (auto& regs : v)
     for (auto& r : regs) r = V(0);
-  for (int64_t i = 0; i < n; i += IO::kStep) {
-    const int64_t len = std::min<int64_t>(IO::kStep, n - i);
-    for (size_t k = 0; k < K; ++k) {
-      if (read_mask >> k & 1u) IO::load(arrays[k] + i, v[k], len);
-    }
+  auto body = [&](int64_t i, int64_t len) {
+    ((kRead >> I & 1u ? IO::load(arrays[I] + i, v[I], len) : void()), ...);
     for (int part = 0; part < IO::kParts; ++part) update(v[I][part]...);
-    for (size_t k = 0; k < K; ++k) {
-      if (write_mask >> k & 1u) IO::store(arrays[k] + i, v[k], len);
-    }
-  }
+    ((kWrite >> I & 1u ? IO::store(arrays[I] + i, v[I], len) : void()), ...);
+  };
+  int64_t i = 0;
+  for (; i + kStep <= n; i += kStep) body(i, kStep);
+  if (i < n) body(i, n - i);
 }
 
-template <typename scalar_t, size_t K, typename Update>
-inline void vectorized_map(const std::array<scalar_t*, K>& arrays, int64_t n, unsigned read_mask,
-                           unsigned write_mask, const Update& update) {
-  vectorized_map_impl(arrays, n, read_mask, write_mask, update, std::make_index_sequence<K>{});
+template <unsigned kRead, unsigned kWrite, typename scalar_t, size_t K, typename Update>
+inline void vectorized_map(const std::array<scalar_t*, K>& arrays, int64_t n, const Update& update) {
+  vectorized_map_impl<kRead, kWrite>(arrays, n, update, std::make_index_sequence<K>{});
+}
+
+// Calls fn(std::integral_constant<bool, b>{}) for the runtime bool b: turns a flag into a template
+// argument, so each combination of flags gets its own branch-free loop.
+template <typename Fn>
+inline void with_constant(bool b, const Fn& fn) {
+  if (b) fn(std::true_type{});
+  else fn(std::false_type{});
 }
 
 // The pointers of tensor i's elements [begin, ...) in each of the K lists, typed as scalar_t.

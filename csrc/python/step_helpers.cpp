@@ -5,6 +5,8 @@
 // (CollectedGroup); the <op>_group() launchers call the op through the dispatcher with those lists,
 // so tensors never go back through Python lists on the hot path.
 #include <algorithm>
+#include <optional>
+#include <tuple>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -29,6 +31,10 @@ struct CollectedGroup {
   std::vector<int64_t> grad_fixes;              // grads laid out unlike their param
   std::vector<std::pair<int64_t, int64_t>> state_fixes;  // (key, i): dtype/device/layout differs
   std::vector<at::Device> devices;
+  // Set (and collection stopped) when a state tensor's shape differs from its param's: the caller
+  // raises ValueError. (Returned rather than thrown: a C++ exception meant to become ValueError
+  // crashed the interpreter under torch 2.11 / Python 3.12.)
+  std::optional<std::tuple<int64_t, std::string, std::vector<int64_t>, std::vector<int64_t>>> bad_state;
 
   int64_t size() const { return static_cast<int64_t>(params.size()); }
 
@@ -137,8 +143,8 @@ std::string describe(const at::Tensor& t) {
 // One pass over a param group before its step: keeps the params that have a grad, their grads and
 // their state tensors under `keys`, and notes what needs a layout repair. Raises, naming `where` and
 // the param's index in the group, for what no fused kernel can take: sparse grads, complex or
-// non-floating params, a grad of another dtype/shape/device, a param with gaps in its memory, a
-// state tensor of another shape than its param (ValueError). Modifies nothing.
+// non-floating params, a grad of another dtype/shape/device, a param with gaps in its memory; a
+// state tensor of another shape than its param is reported in bad_state. Modifies nothing.
 CollectedGroup collect_group(const py::list& group_params, const py::dict& state,
                              const std::vector<std::string>& keys, const std::string& where) {
   CollectedGroup out;
@@ -184,11 +190,8 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
       }
       const at::Tensor& t = THPVariable_Unpack(value);
       if (t.sizes() != p.sizes()) {
-        std::ostringstream os;
-        os << where << ", param " << i << ": state '" << keys[s] << "' has shape " << t.sizes()
-           << " but the parameter has shape " << p.sizes()
-           << "; was the state_dict saved for a different model?";
-        throw std::invalid_argument(os.str());  // pybind11 raises ValueError
+        out.bad_state = std::make_tuple(i, keys[s], t.sizes().vec(), p.sizes().vec());
+        return out;
       }
       if (t.scalar_type() != p.scalar_type() || t.device() != p.device() ||
           !t.is_non_overlapping_and_dense() || !same_memory_order(p, t)) {
@@ -237,6 +240,10 @@ void add_step_helpers(py::module& m) {
       .def_property_readonly("keys", [](const CollectedGroup& g) { return g.keys; })
       .def_property_readonly("grad_fixes", [](const CollectedGroup& g) { return g.grad_fixes; })
       .def_property_readonly("state_fixes", [](const CollectedGroup& g) { return g.state_fixes; })
+      .def_property_readonly("bad_state", [](const CollectedGroup& g) -> py::object {
+        if (!g.bad_state) return py::none();
+        return py::cast(*g.bad_state);
+      }, "(param index in group, key, state shape, param shape) of a state of the wrong shape")
       .def_property_readonly("num_devices", [](const CollectedGroup& g) { return g.devices.size(); })
       .def_property_readonly("device", [](const CollectedGroup& g) { return py::cast(g.params.at(0).device()); })
       .def("state", &CollectedGroup::state_list, py::arg("key"),

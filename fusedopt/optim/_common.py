@@ -14,8 +14,15 @@ def collect(optimizer, name: str, group_index: int, keys: tuple[str, ...]) -> "_
     """Check and gather one param group: the params that have grads, their grads, their state tensors
     under `keys`. Raises (naming the group and param) before anything is modified when the fused
     kernels cannot take it."""
-    return _C.collect_group(optimizer.param_groups[group_index]["params"], optimizer.state, list(keys),
-                            f"{name}: param group {group_index}")
+    where = f"{name}: param group {group_index}"
+    collected = _C.collect_group(optimizer.param_groups[group_index]["params"], optimizer.state,
+                                 list(keys), where)
+    if collected.bad_state is not None:
+        index, key, state_shape, param_shape = collected.bad_state
+        raise ValueError(
+            f"{where}, param {index}: state '{key}' has shape {tuple(state_shape)} but the parameter "
+            f"has shape {tuple(param_shape)}; was the state_dict saved for a different model?")
+    return collected
 
 
 def repair_layouts(collected, optimizer_state) -> dict[int, Tensor]:

@@ -52,10 +52,10 @@ FUSEDOPT_INLINE void sgd_step(T& param, T& grad, T& momentum_buf, const SgdHyper
 }
 
 // Lists of an sgd_ call: bit 0 params, bit 1 grads, bit 2 momentum_buffers.
-FUSEDOPT_INLINE unsigned sgd_read_mask(const SgdHyper& h) {
+FUSEDOPT_INLINE constexpr unsigned sgd_read_mask(const SgdHyper& h) {
   return 0b011u | (h.momentum != 0 && !h.first_step ? 0b100u : 0u);
 }
-FUSEDOPT_INLINE unsigned sgd_write_mask(const SgdHyper& h, bool unscale) {
+FUSEDOPT_INLINE constexpr unsigned sgd_write_mask(const SgdHyper& h, bool unscale) {
   return 0b001u | (unscale ? 0b010u : 0u) | (h.momentum != 0 ? 0b100u : 0u);
 }
 

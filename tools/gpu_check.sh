@@ -42,9 +42,22 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 # The local GPU's architecture unless the caller chose (e.g. 9.0 on H100/H200).
 ARCH=${TORCH_CUDA_ARCH_LIST:-$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
 step build build.log env TORCH_CUDA_ARCH_LIST="$ARCH" FUSEDOPT_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-  $PY -m pip install --no-build-isolation --no-deps --force-reinstall "$REPO" || { echo "build failed"; exit 1; }
+  $PY -m pip install -v --no-build-isolation --no-deps --force-reinstall "$REPO" > "$OUT/build_verbose.log" 2>&1 \
+  || { tail -50 "$OUT/build_verbose.log"; echo "build failed"; exit 1; }
+grep -E "^ *(c\+\+|g\+\+|x86_64-linux-gnu-g\+\+|clang\+\+).* -shared" "$OUT/build_verbose.log" | tail -1 | cut -c1-600 > "$OUT/link_line.txt"
+$PY - <<'PYEOF' | tee -a "$OUT/gpu.txt"
+import sysconfig
+print({k: sysconfig.get_config_var(k) for k in ("CC", "CXX", "LDSHARED", "LDCXXSHARED", "LDFLAGS")})
+PYEOF
 
 cd /tmp  # import the installed package, not the source tree
+# The image's Python holds dozens of pytest plugins (jax, hypothesis, ...); our tests need none. A crash
+# in std::ostream inside TORCH_CHECK messages was seen there with them autoloaded (2026-11-22, H100),
+# the signature of a second, statically linked libstdc++ in the process (pytorch/pytorch#109923). This
+# lists any such object after importing every plugin, then runs the tests without autoloaded plugins.
+PLUGINS=$($PY -c "import importlib.metadata as m; print(' '.join(sorted({e.module.split(':')[0] for e in m.entry_points(group='pytest11')})))")
+step libstdcxx libstdcxx.log $PY "$REPO/tools/find_private_libstdcxx.py" --ignore-import-errors $PLUGINS torch fusedopt
+export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 step tests tests.log $PY -m pytest "$REPO/tests" -q -ra -p no:cacheprovider
 grep -E "^[0-9]+ (passed|failed)|passed|failed" "$OUT/tests.log" | tail -1 > "$OUT/tests_summary.txt"
 
@@ -66,7 +79,7 @@ cp "$REPO/benchmarks/results/$GPU_SLUG.jsonl" "$OUT/" 2>/dev/null
 echo
 echo "=== summary"
 printf "%-22s %s\n" "gpu" "$(head -1 "$OUT/gpu.txt")"
-for name in build tests sanitizer-memcheck sanitizer-initcheck bench; do
+for name in build libstdcxx tests sanitizer-memcheck sanitizer-initcheck bench; do
   [[ -n ${STATUS[$name]:-} ]] && printf "%-22s %s\n" "$name" "${STATUS[$name]}"
 done
 printf "%-22s %s\n" "test result" "$(cat "$OUT/tests_summary.txt")"

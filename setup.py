@@ -149,8 +149,10 @@ def _c_string(name: str, value: str) -> str:
 
 
 def _extension() -> cpp_extension.CppExtension:
-    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
-    sources = rel("csrc/*.cpp") + rel("csrc/common/*.cpp") + rel("csrc/cpu/*.cpp") + rel("csrc/python/*.cpp")
+    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
+    # Every .cpp under csrc/ except the per-variant CPU kernels, which BuildExtension compiles itself.
+    kernels_dir = os.path.join("csrc", "cpu", "kernels") + os.sep
+    sources = [s for s in rel("csrc/**/*.cpp") if not s.startswith(kernels_dir)]
     opt = ["-O0", "-g"] if CONFIG.debug else ["-O3"]
     defines = [
         _c_string("FUSEDOPT_VERSION", CONFIG.version),
@@ -170,7 +172,7 @@ def _extension() -> cpp_extension.CppExtension:
     )
     if not CONFIG.with_cuda:
         return cpp_extension.CppExtension(**kwargs)
-    kwargs["sources"] += rel("csrc/cuda/*.cu")
+    kwargs["sources"] += rel("csrc/**/*.cu")
     kwargs["extra_compile_args"]["cxx"].append("-DFUSEDOPT_WITH_CUDA")
     kwargs["extra_compile_args"]["nvcc"] = (["-O0", "-G"] if CONFIG.debug else ["-O3"]) + [
         "-lineinfo", "-DFUSEDOPT_WITH_CUDA", "--expt-relaxed-constexpr"] + defines

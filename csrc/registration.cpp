@@ -1,7 +1,7 @@
-// Every op schema of fusedopt, defined once, and the Python module fusedopt._C.
+// The one TORCH_LIBRARY block of fusedopt (schemas per family in csrc/schemas/) and the module fusedopt._C.
 //
 // Backends register implementations with TORCH_LIBRARY_IMPL in csrc/cpu and csrc/cuda; fake (meta)
-// implementations for torch.compile live in fusedopt/_ops.py. Conventions: mutating ops end in '_',
+// implementations for torch.compile live in fusedopt/_ops/<family>.py. Conventions: mutating ops end in '_',
 // mark what they write with (x!) and return nothing; optimizer ops take lockstep tensor lists (one call
 // per param group and device) and hyperparameters as floats, with lr also accepted as a 1-element
 // device tensor (lr_tensor, which wins when given) so that CUDA-graph capture can replay a changing lr.
@@ -11,16 +11,10 @@
 #include <torch/library.h>
 
 #include "cpu/dispatch.h"
+#include "schemas/schemas.h"
 
 TORCH_LIBRARY(fusedopt, m) {
-  // SGD with momentum/dampening/Nesterov/weight decay/maximize, as torch.optim.SGD. is_first_step sets
-  // each buffer to its (decayed) gradient. With grad_scale, grads are divided by it and written back;
-  // with found_inf != 0 nothing is written.
-  m.def(
-      "sgd_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, *, float lr, "
-      "float weight_decay, float momentum, float dampening, bool nesterov, bool maximize, "
-      "bool is_first_step, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None) -> ()");
+  fusedopt::schemas::define_optimizer_ops(m);
 }
 
 namespace fusedopt::python {

@@ -1,5 +1,5 @@
-"""Python face of the custom ops ``torch.ops.fusedopt.*``: fake implementations for torch.compile and
-typed wrappers. The schemas themselves are defined once, in csrc/registration.cpp."""
+"""Optimizer ops: fake implementations for torch.compile and typed wrappers. Schemas are in
+csrc/schemas/optimizers.cpp."""
 
 from __future__ import annotations
 

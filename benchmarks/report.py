@@ -3,7 +3,8 @@
     python benchmarks/report.py
 
 Each .jsonl file holds the runs of one machine (appended by ``run.py --record NAME``); RESULTS.md shows
-the latest run of each, with its date, device and software versions.
+the latest run of each, with its date, device and software versions, and its plots
+(benchmarks/plots/NAME-*.png; needs matplotlib).
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import plots  # noqa: E402
 
 
 def _table(rows: list[dict]) -> list[str]:
@@ -53,7 +58,10 @@ def render() -> str:
                   + f", Python {env['python']}, fusedopt {env['fusedopt']}"
                   + f" (CPU kernels {build.get('cpu_capability', '?')}), {env['cpu_threads']} CPU threads,"
                   + f" copy bandwidth {env['copy_gbps']:.1f} GB/s.", ""]
-        lines += _table(run["results"]) + [""]
+        name = os.path.splitext(os.path.basename(path))[0]
+        pngs = plots.plot_run(run, os.path.join(HERE, "plots"), name)
+        lines += [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in pngs]
+        lines += [""] + _table(run["results"]) + [""]
     return "\n".join(lines)
 
 

@@ -60,7 +60,12 @@ def main(argv=None) -> int:
     results = harness.run_cases(cases, copy_gbps, warmup, reps, progress=not args.no_progress)
     print(harness.format_table(results))
     paths = harness.write_outputs(results, env, args.out)
-    print(f"\nresults appended to {paths['jsonl']} and {paths['csv']}")
+    import plots
+
+    with open(paths["jsonl"]) as f:
+        latest = json.loads(f.readlines()[-1])
+    pngs = plots.plot_run(latest, args.out, f"{args.device.split(':')[0]}-{args.dtype}")
+    print(f"\nresults appended to {paths['jsonl']} and {paths['csv']}; plots: {', '.join(pngs) or 'none'}")
     if args.record:
         import report
 

@@ -31,7 +31,7 @@ namespace {
 
 pybind11::dict build_info() {
   pybind11::dict info;
-  info["version"] = FUSEDOPT_VERSION;
+  info["version"] = FUSEDOPT_VERSION;  // without the local version tag
   info["torch_version"] = FUSEDOPT_TORCH_VERSION;
 #ifdef FUSEDOPT_WITH_CUDA
   info["with_cuda"] = true;

@@ -23,6 +23,15 @@ import torch
 
 
 @dataclasses.dataclass
+class RunOptions:
+    """Options of the current run that case builders may read (set by run.py)."""
+    quick: bool = False
+
+
+OPTIONS = RunOptions()
+
+
+@dataclasses.dataclass
 class Variant:
     name: str
     # Builds the state to time (fresh params/optimizer) and returns the function to call per rep.
@@ -39,7 +48,7 @@ class Case:
     dtype: str
     numel: int  # elements updated per call
     tensors: int
-    bytes_moved: int  # minimum bytes read + written per call
+    bytes_moved: int | None  # minimum bytes read + written per call; None where no model applies
     variants: list[Variant]
 
 
@@ -55,8 +64,8 @@ class Result:
     median_ms: float
     iqr_ms: float  # interquartile range of the repetitions
     reps: int
-    gbps: float
-    frac_of_copy: float
+    gbps: float | None
+    frac_of_copy: float | None
     speedup_vs_best_torch: float | None  # best torch time / this time
     best_torch_variant: str | None
 
@@ -160,11 +169,12 @@ def run_cases(cases: list[Case], copy_gbps: float, warmup: int, reps: int,
         best_torch = min(torch_times) if torch_times else None
         for variant, ts in zip(case.variants, times):
             q1, med, q3 = _quartiles(ts)
-            gbps = case.bytes_moved / (med * 1e-3) / 1e9
+            gbps = case.bytes_moved / (med * 1e-3) / 1e9 if case.bytes_moved is not None else None
             results.append(Result(
                 group=case.group, case=case.name, variant=variant.name, device=case.device,
                 dtype=case.dtype, numel=case.numel, tensors=case.tensors, median_ms=med,
-                iqr_ms=q3 - q1, reps=len(ts), gbps=gbps, frac_of_copy=gbps / copy_gbps,
+                iqr_ms=q3 - q1, reps=len(ts), gbps=gbps,
+                frac_of_copy=gbps / copy_gbps if gbps is not None else None,
                 speedup_vs_best_torch=(best_torch[0] / med) if best_torch else None,
                 best_torch_variant=best_torch[1] if best_torch else None))
     return results
@@ -210,8 +220,9 @@ def format_table(results: list[Result]) -> str:
         case = f"{r.group}: {r.case} [{r.dtype}]" if (r.group, r.case) != last_case else ""
         last_case = (r.group, r.case)
         ratio = f"{r.speedup_vs_best_torch:.2f}x" if r.speedup_vs_best_torch is not None else "-"
-        rows.append([case, r.variant, f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", f"{r.gbps:.1f}",
-                     f"{100 * r.frac_of_copy:.0f}%", ratio])
+        gbps = f"{r.gbps:.1f}" if r.gbps is not None else "-"
+        frac = f"{100 * r.frac_of_copy:.0f}%" if r.frac_of_copy is not None else "-"
+        rows.append([case, r.variant, f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", gbps, frac, ratio])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

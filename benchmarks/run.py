@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     reps = args.reps or (3 if args.quick else (50 if args.device.startswith("cuda") else 25))
     warmup = args.warmup or (1 if args.quick else 5)
     dtype = DTYPES[args.dtype]
+    harness.OPTIONS.quick = args.quick
     sets = workloads.standard_sets(args.quick, args.device)
     cases = []
     for group in args.only:

@@ -65,12 +65,12 @@ def plot_bandwidth(rows: list[dict], title: str, path: str) -> str | None:
         cases.setdefault((r["group"], r["case"], r["dtype"]), {})[r["variant"]] = r
     labels, ours, best = [], [], []
     for (group, case, dtype), variants in cases.items():
-        if "fusedopt" not in variants:
+        if "fusedopt" not in variants or variants["fusedopt"]["frac_of_copy"] is None:
             continue
         torch_name = variants["fusedopt"].get("best_torch_variant")
         labels.append(f"{group}: {case} [{dtype}]")
         ours.append(100 * variants["fusedopt"]["frac_of_copy"])
-        best.append(100 * variants[torch_name]["frac_of_copy"] if torch_name in variants else 0.0)
+        best.append(100 * (variants[torch_name]["frac_of_copy"] or 0.0) if torch_name in variants else 0.0)
     if not labels:
         return None
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))

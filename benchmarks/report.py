@@ -30,8 +30,9 @@ def _table(rows: list[dict]) -> list[str]:
         last = case
         ratio = f"{r['speedup_vs_best_torch']:.2f}x" if r["speedup_vs_best_torch"] is not None else "-"
         name = f"**{r['variant']}**" if r["variant"] == "fusedopt" else r["variant"]
-        out.append(f"| {shown} | {name} | {r['median_ms']:.3f} | {r['iqr_ms']:.3f} | {r['gbps']:.1f} | "
-                   f"{100 * r['frac_of_copy']:.0f}% | {ratio} |")
+        gbps = f"{r['gbps']:.1f}" if r["gbps"] is not None else "-"
+        frac = f"{100 * r['frac_of_copy']:.0f}%" if r["frac_of_copy"] is not None else "-"
+        out.append(f"| {shown} | {name} | {r['median_ms']:.3f} | {r['iqr_ms']:.3f} | {gbps} | {frac} | {ratio} |")
     return out
 
 

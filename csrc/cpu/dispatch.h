@@ -16,8 +16,15 @@ enum class Capability { DEFAULT = 0, AVX2 = 1, AVX512 = 2 };
 Capability active_capability();
 const char* capability_name(Capability c);
 
+// Keeps nullptr (a variant not compiled) from taking part in deducing Fn.
+template <typename T>
+struct NonDeduced {
+  using type = T;
+};
+
 template <typename Fn>
-Fn* select_variant(Fn* default_fn, Fn* avx2_fn, Fn* avx512_fn) {
+Fn* select_variant(Fn* default_fn, typename NonDeduced<Fn*>::type avx2_fn,
+                   typename NonDeduced<Fn*>::type avx512_fn) {
   switch (active_capability()) {
     case Capability::AVX512:
       if (avx512_fn) return avx512_fn;

@@ -2,100 +2,15 @@
 // at 20,000 parameters a Python loop, or passing Python lists to an op, costs milliseconds.
 //
 // collect_group() makes one checked pass over a param group and keeps the lockstep lists in C++
-// (CollectedGroup); the <op>_group() launchers call the op through the dispatcher with those lists,
-// so tensors never go back through Python lists on the hot path.
-#include <algorithm>
-#include <optional>
-#include <tuple>
+// (CollectedGroup, collected_group.h); the <op>_group() launchers in csrc/python/<family>_step.cpp call
+// the op through the dispatcher with those lists.
 #include <sstream>
-#include <string>
-#include <vector>
-
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/extension.h>
 
 #include "common/tensor_lists.h"
-
-namespace py = pybind11;
+#include "python/collected_group.h"
 
 namespace fusedopt::python {
 namespace {
-
-// The params of one param group that have a grad, with their grads and state tensors.
-struct CollectedGroup {
-  py::list param_objects;            // the Python params, for writing state back
-  std::vector<at::Tensor> params;
-  std::vector<at::Tensor> grads;
-  std::vector<std::string> keys;
-  std::vector<std::vector<at::Tensor>> states;  // [key][i]; undefined where missing
-  std::vector<int64_t> grad_fixes;              // grads laid out unlike their param
-  std::vector<std::pair<int64_t, int64_t>> state_fixes;  // (key, i): dtype/device/layout differs
-  std::vector<at::Device> devices;
-  // Set (and collection stopped) when a state tensor's shape differs from its param's: the caller
-  // raises ValueError. (Returned rather than thrown: a C++ exception meant to become ValueError
-  // crashed the interpreter under torch 2.11 / Python 3.12.)
-  std::optional<std::tuple<int64_t, std::string, std::vector<int64_t>, std::vector<int64_t>>> bad_state;
-
-  int64_t size() const { return static_cast<int64_t>(params.size()); }
-
-  size_t key_index(const std::string& key) const {
-    auto it = std::find(keys.begin(), keys.end(), key);
-    TORCH_CHECK(it != keys.end(), "no state key '", key, "' was collected");
-    return static_cast<size_t>(it - keys.begin());
-  }
-
-  std::vector<int64_t> missing(const std::string& key) const {
-    std::vector<int64_t> out;
-    const auto& list = states[key_index(key)];
-    for (int64_t i = 0; i < size(); ++i) {
-      if (!list[i].defined()) out.push_back(i);
-    }
-    return out;
-  }
-
-  py::list state_list(const std::string& key) const {
-    py::list out;
-    for (const auto& t : states[key_index(key)]) {
-      if (t.defined()) out.append(py::cast(t));
-      else out.append(py::none());
-    }
-    return out;
-  }
-
-  // The entries at `indices`, in that order.
-  CollectedGroup select(const std::vector<int64_t>& indices) const {
-    CollectedGroup out;
-    out.keys = keys;
-    out.states.resize(keys.size());
-    for (int64_t i : indices) {
-      TORCH_CHECK(i >= 0 && i < size(), "index ", i, " out of range");
-      out.param_objects.append(param_objects[i]);
-      out.params.push_back(params[i]);
-      out.grads.push_back(grads[i]);
-      for (size_t k = 0; k < keys.size(); ++k) out.states[k].push_back(states[k][i]);
-      if (std::find(out.devices.begin(), out.devices.end(), params[i].device()) == out.devices.end()) {
-        out.devices.push_back(params[i].device());
-      }
-    }
-    return out;
-  }
-
-  // One group per device, in order of first appearance.
-  std::vector<CollectedGroup> by_device() const {
-    if (devices.size() <= 1) return {*this};
-    std::vector<CollectedGroup> out;
-    for (const at::Device& d : devices) {
-      std::vector<int64_t> idx;
-      for (int64_t i = 0; i < size(); ++i) {
-        if (params[i].device() == d) idx.push_back(i);
-      }
-      out.push_back(select(idx));
-    }
-    return out;
-  }
-
-  std::vector<at::Tensor>& state_tensors(const std::string& key) { return states[key_index(key)]; }
-};
 
 // state[param] without calling Tensor.__hash__, a Python function (~80 ns, most of the per-param cost
 // of a step). torch.Tensor.__hash__ returns id(self), so for params whose type inherits exactly that
@@ -146,9 +61,15 @@ std::string describe(const at::Tensor& t) {
 // non-floating params, a grad of another dtype/shape/device, a param with gaps in its memory; a
 // state tensor of another shape than its param is reported in bad_state. Modifies nothing.
 CollectedGroup collect_group(const py::list& group_params, const py::dict& state,
-                             const std::vector<std::string>& keys, const std::string& where) {
+                             const std::vector<std::string>& keys, const std::string& where,
+                             const std::vector<std::string>& scalar_keys) {
   CollectedGroup out;
   out.keys = keys;
+  out.scalar_keys = scalar_keys;
+  std::vector<bool> is_scalar;
+  for (const auto& k : keys) {
+    is_scalar.push_back(std::find(scalar_keys.begin(), scalar_keys.end(), k) != scalar_keys.end());
+  }
   out.states.resize(keys.size());
   std::vector<py::object> key_objects;  // interned once: per-param lookups then hash nothing new
   for (const auto& k : keys) key_objects.push_back(py::reinterpret_steal<py::object>(PyUnicode_InternFromString(k.c_str())));
@@ -189,6 +110,10 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
         continue;
       }
       const at::Tensor& t = THPVariable_Unpack(value);
+      if (is_scalar[s]) {
+        out.states[s].push_back(t);
+        continue;
+      }
       if (t.sizes() != p.sizes()) {
         out.bad_state = std::make_tuple(i, keys[s], t.sizes().vec(), p.sizes().vec());
         return out;
@@ -207,25 +132,6 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
     out.grads.push_back(g);
   }
   return out;
-}
-
-// fusedopt::sgd_ on a collected group, through the dispatcher (no Python lists).
-void sgd_group(const CollectedGroup& g, double lr, const std::optional<at::Tensor>& lr_tensor,
-               double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
-               bool is_first_step, const std::optional<at::Tensor>& grad_scale,
-               const std::optional<at::Tensor>& found_inf) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fusedopt::sgd_", "")
-                             .typed<void(at::TensorList, at::TensorList, at::TensorList, double, double,
-                                         double, double, bool, bool, bool,
-                                         const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&)>();
-  const std::vector<at::Tensor> none;
-  const std::vector<at::Tensor>& bufs = momentum != 0 ? g.states.at(0) : none;
-  py::gil_scoped_release no_gil;
-  op.call(g.params, g.grads, bufs, lr, weight_decay, momentum, dampening, nesterov, maximize,
-          is_first_step, lr_tensor, grad_scale, found_inf);
 }
 
 }  // namespace
@@ -256,11 +162,10 @@ void add_step_helpers(py::module& m) {
       .def("select", &CollectedGroup::select, py::arg("indices"))
       .def("by_device", &CollectedGroup::by_device);
   m.def("collect_group", &collect_group, py::arg("params"), py::arg("state"), py::arg("keys"),
-        py::arg("where"), "Check and collect a param group in one pass (see step_helpers.cpp).");
-  m.def("sgd_group", &sgd_group, py::arg("group"), py::kw_only(), py::arg("lr"), py::arg("lr_tensor"),
-        py::arg("weight_decay"), py::arg("momentum"), py::arg("dampening"), py::arg("nesterov"),
-        py::arg("maximize"), py::arg("is_first_step"), py::arg("grad_scale"), py::arg("found_inf"),
-        "torch.ops.fusedopt.sgd_ on a CollectedGroup.");
+        py::arg("where"), py::arg("scalar_keys") = std::vector<std::string>{},
+        "Check and collect a param group in one pass (see step_helpers.cpp). States under scalar_keys "
+        "(e.g. 'step') are collected without comparing their shape to the param's.");
+  add_sgd_step(m);
 }
 
 }  // namespace fusedopt::python

@@ -10,13 +10,14 @@ from torch import Tensor
 from .. import _C
 
 
-def collect(optimizer, name: str, group_index: int, keys: tuple[str, ...]) -> "_C.CollectedGroup":
+def collect(optimizer, name: str, group_index: int, keys: tuple[str, ...],
+            scalar_keys: tuple[str, ...] = ()) -> "_C.CollectedGroup":
     """Check and gather one param group: the params that have grads, their grads, their state tensors
-    under `keys`. Raises (naming the group and param) before anything is modified when the fused
-    kernels cannot take it."""
+    under `keys` (those also in `scalar_keys`, such as 'step', are per-param scalars). Raises (naming
+    the group and param) before anything is modified when the fused kernels cannot take it."""
     where = f"{name}: param group {group_index}"
     collected = _C.collect_group(optimizer.param_groups[group_index]["params"], optimizer.state,
-                                 list(keys), where)
+                                 list(keys), where, list(scalar_keys))
     if collected.bad_state is not None:
         index, key, state_shape, param_shape = collected.bad_state
         raise ValueError(

@@ -1,0 +1,102 @@
+// The lockstep lists of one param group (params with grads, grads, state tensors), gathered and checked
+// by collect_group() in step_helpers.cpp. Each op family's launchers (csrc/python/<family>_step.cpp)
+// call their op on a CollectedGroup through the dispatcher, so tensors never go back through Python
+// lists on the hot path.
+#pragma once
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <torch/extension.h>
+
+namespace fusedopt::python {
+
+namespace py = pybind11;
+
+// The params of one param group that have a grad, with their grads and state tensors.
+struct CollectedGroup {
+  py::list param_objects;            // the Python params, for writing state back
+  std::vector<at::Tensor> params;
+  std::vector<at::Tensor> grads;
+  std::vector<std::string> keys;
+  std::vector<std::vector<at::Tensor>> states;  // [key][i]; undefined where missing
+  // Keys whose state is a per-param scalar (e.g. 'step'): not shape-checked, never layout-repaired.
+  std::vector<std::string> scalar_keys;
+  std::vector<int64_t> grad_fixes;              // grads laid out unlike their param
+  std::vector<std::pair<int64_t, int64_t>> state_fixes;  // (key, i): dtype/device/layout differs
+  std::vector<at::Device> devices;
+  // Set (and collection stopped) when a state tensor's shape differs from its param's: the caller
+  // raises ValueError. (Returned rather than thrown: a C++ exception meant to become ValueError
+  // crashed the interpreter under torch 2.11 / Python 3.12.)
+  std::optional<std::tuple<int64_t, std::string, std::vector<int64_t>, std::vector<int64_t>>> bad_state;
+
+  int64_t size() const { return static_cast<int64_t>(params.size()); }
+
+  size_t key_index(const std::string& key) const {
+    auto it = std::find(keys.begin(), keys.end(), key);
+    TORCH_CHECK(it != keys.end(), "no state key '", key, "' was collected");
+    return static_cast<size_t>(it - keys.begin());
+  }
+
+  std::vector<int64_t> missing(const std::string& key) const {
+    std::vector<int64_t> out;
+    const auto& list = states[key_index(key)];
+    for (int64_t i = 0; i < size(); ++i) {
+      if (!list[i].defined()) out.push_back(i);
+    }
+    return out;
+  }
+
+  py::list state_list(const std::string& key) const {
+    py::list out;
+    for (const auto& t : states[key_index(key)]) {
+      if (t.defined()) out.append(py::cast(t));
+      else out.append(py::none());
+    }
+    return out;
+  }
+
+  // The entries at `indices`, in that order.
+  CollectedGroup select(const std::vector<int64_t>& indices) const {
+    CollectedGroup out;
+    out.keys = keys;
+    out.scalar_keys = scalar_keys;
+    out.states.resize(keys.size());
+    for (int64_t i : indices) {
+      TORCH_CHECK(i >= 0 && i < size(), "index ", i, " out of range");
+      out.param_objects.append(param_objects[i]);
+      out.params.push_back(params[i]);
+      out.grads.push_back(grads[i]);
+      for (size_t k = 0; k < keys.size(); ++k) out.states[k].push_back(states[k][i]);
+      if (std::find(out.devices.begin(), out.devices.end(), params[i].device()) == out.devices.end()) {
+        out.devices.push_back(params[i].device());
+      }
+    }
+    return out;
+  }
+
+  // One group per device, in order of first appearance.
+  std::vector<CollectedGroup> by_device() const {
+    if (devices.size() <= 1) return {*this};
+    std::vector<CollectedGroup> out;
+    for (const at::Device& d : devices) {
+      std::vector<int64_t> idx;
+      for (int64_t i = 0; i < size(); ++i) {
+        if (params[i].device() == d) idx.push_back(i);
+      }
+      out.push_back(select(idx));
+    }
+    return out;
+  }
+
+  std::vector<at::Tensor>& state_tensors(const std::string& key) { return states[key_index(key)]; }
+};
+
+// Registers each family's launchers on the module (definitions in csrc/python/<family>_step.cpp).
+void add_sgd_step(py::module& m);
+
+}  // namespace fusedopt::python

@@ -9,9 +9,11 @@
 // An op provides:
 //   unsigned read_mask, write_mask;                  bit k: list k is loaded / stored
 //   __device__ bool skip() const;                    true: the whole launch does nothing (found_inf)
-//   template <typename opmath_t> __device__ auto bind() const;
+//   template <typename opmath_t> __device__ auto bind(void* const* tensor_ptrs) const;
 //       returns a callable taking K opmath_t& (one element of each list), with any device-side scalars
-//       (lr, grad scale) already loaded.
+//       (lr, grad scale) already loaded. tensor_ptrs[k] is the block's tensor's base pointer in list
+//       k: a list in neither mask is never walked elementwise, so it can hold one value per tensor
+//       (a per-tensor scalar such as Adam's step count) that bind() reads from there.
 #pragma once
 
 #include <cstdint>
@@ -109,7 +111,6 @@ __global__ void __launch_bounds__(kThreads)
     multi_tensor_kernel(const __grid_constant__ TensorTable<K> table, const __grid_constant__ Op op) {
   using opmath_t = at::opmath_type<scalar_t>;
   if (op.skip()) return;
-  const auto update = op.template bind<opmath_t>();
 
   // The tensor of this block: the last t with first_chunk[t] <= blockIdx.x.
   const int chunk = blockIdx.x;
@@ -122,13 +123,18 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t begin = int64_t(chunk - table.first_chunk[lo]) * kChunk;
   const int n = int(min(int64_t(kChunk), table.numel[lo] - begin));
 
+  void* tensor_ptrs[K];
   scalar_t* base[K];
   bool aligned = true;
+  const unsigned walked = op.read_mask | op.write_mask;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    base[k] = table.ptr[k][lo] ? static_cast<scalar_t*>(table.ptr[k][lo]) + begin : nullptr;
+    tensor_ptrs[k] = table.ptr[k][lo];
+    const bool walk = (walked >> k & 1u) && tensor_ptrs[k] != nullptr;
+    base[k] = walk ? static_cast<scalar_t*>(tensor_ptrs[k]) + begin : nullptr;
     aligned &= reinterpret_cast<uintptr_t>(base[k]) % 16 == 0;
   }
+  const auto update = op.template bind<opmath_t>(tensor_ptrs);
   constexpr int kVec = 16 / sizeof(scalar_t);
   if (aligned) {
     process_chunk<kVec, scalar_t, opmath_t>(base, n, op.read_mask, op.write_mask, update,

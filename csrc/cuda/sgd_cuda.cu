@@ -33,7 +33,7 @@ struct SgdOp {
   };
 
   template <typename opmath_t>
-  __device__ Bound<opmath_t> bind() const {
+  __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
     return {hyper, lr_ptr ? opmath_t(*lr_ptr) : opmath_t(lr),
             grad_scale ? opmath_t(*grad_scale) : opmath_t(1), grad_scale != nullptr};
   }

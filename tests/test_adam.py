@@ -63,6 +63,8 @@ class Float32Reference:
 def _run_parity(device, dtype, options, steps, seed, lr=None, tensor_lr=False, cls=None):
     rng = random.Random(seed)
     lr = lr if lr is not None else rng.uniform(0.001, 0.05)
+    if tensor_lr:
+        lr = torch.tensor(lr, dtype=torch.float32).item()  # the value a float32 lr tensor holds
     params = param_zoo(dtype, device, seed)
     ours = [p.clone() for p in params]
     our_lr = torch.tensor(lr, device=device) if tensor_lr else lr
@@ -576,7 +578,7 @@ def test_state_of_another_layout_or_dtype_is_repaired():
 
 def _op_kwargs(**over):
     kw = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=True, maximize=False,
-              decoupled_weight_decay=False)
+              decoupled_weight_decay=False, master_params=[])
     kw.update(over)
     return kw
 

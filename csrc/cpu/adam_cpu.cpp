@@ -1,0 +1,40 @@
+// fusedopt::adam_ on CPU: checks, step counts, then the per-variant kernel
+// (csrc/cpu/kernels/adam_kernel.cpp).
+#include <torch/library.h>
+
+#include "common/adam_checks.h"
+#include "cpu/kernels/adam_kernels.h"
+
+namespace fusedopt::cpu {
+namespace {
+
+void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+              at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
+              double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+              bool maximize, bool decoupled_weight_decay, at::TensorList master_params,
+              const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
+              const std::optional<at::Tensor>& found_inf) {
+  check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
+                    master_params, lr_tensor, grad_scale, found_inf);
+  if (params.empty()) return;
+  if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;  // GradScaler: skip step
+  // torch: step_t += 1 (float32), then the bias corrections use the new count.
+  for (const at::Tensor& s : state_steps) *s.data_ptr<float>() += 1.0f;
+  AdamCpuArgs args;
+  args.hyper = AdamHyper{beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
+  args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
+  args.has_master = !master_params.empty();
+  args.unscale_grads = grad_scale.has_value();
+  args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
+  FUSEDOPT_CPU_KERNEL(adam_kernel)(make_lists_view<7>({params, grads, exp_avgs, exp_avg_sqs,
+                                                       max_exp_avg_sqs, state_steps, master_params}),
+                                   args);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedopt, CPU, m) { m.impl("adam_", &adam_cpu); }
+// A sparse tensor in the lists routes the call here; the checks then reject it with a clear message.
+TORCH_LIBRARY_IMPL(fusedopt, SparseCPU, m) { m.impl("adam_", &adam_cpu); }
+
+}  // namespace fusedopt::cpu

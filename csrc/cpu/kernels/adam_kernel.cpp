@@ -1,0 +1,99 @@
+// Adam/AdamW on CPU: compiled once per CPU variant (see csrc/cpu/dispatch.h).
+#include "cpu/kernels/adam_kernels.h"
+#include "cpu/multi_tensor_cpu.h"
+
+namespace fusedopt::cpu::CPU_CAPABILITY {
+namespace {
+
+// Master-weight path for n elements from `begin` of one tensor: params and grads are half_t, the
+// float32 master and states are updated in float32 and the param gets the master's rounded value.
+template <bool kUnscale, typename half_t>
+void adam_master_segment(const std::array<void*, 7>& ptrs, int64_t begin, int64_t n,
+                         const AdamHyper& h, const AdamScalars<float>& s, float grad_scale) {
+  using V = Vectorized<float>;
+  using H = Vectorized<half_t>;
+  constexpr int64_t kV = V::size();
+  constexpr int64_t kH = H::size();
+  static_assert(kH == 2 * kV, "a half register widens into two float registers");
+  half_t* param = static_cast<half_t*>(ptrs[0]) + begin;
+  half_t* grad = static_cast<half_t*>(ptrs[1]) + begin;
+  float* exp_avg = static_cast<float*>(ptrs[2]) + begin;
+  float* exp_avg_sq = static_cast<float*>(ptrs[3]) + begin;
+  float* max_sq = h.amsgrad ? static_cast<float*>(ptrs[4]) + begin : nullptr;
+  float* master = static_cast<float*>(ptrs[kAdamMasterList]) + begin;
+  const V scale(grad_scale);
+  V g[2], w[2], m[2], v[2], mx[2] = {V(0), V(0)};
+  for (int64_t i = 0; i < n; i += kH) {
+    const int64_t len = std::min(kH, n - i);
+    const int64_t len0 = std::min(kV, len), len1 = len - len0;
+    auto load = [&](const float* p, V(&out)[2]) {
+      out[0] = len0 == kV ? V::loadu(p + i) : V::loadu(p + i, len0);
+      out[1] = len1 == kV ? V::loadu(p + i + kV) : len1 > 0 ? V::loadu(p + i + kV, len1) : V(0);
+    };
+    auto store = [&](float* p, const V(&in)[2]) {
+      len0 == kV ? in[0].store(p + i) : in[0].store(p + i, len0);
+      if (len1 == kV) in[1].store(p + i + kV);
+      else if (len1 > 0) in[1].store(p + i + kV, len1);
+    };
+    auto store_half = [&](half_t* p, const V(&in)[2]) {
+      const H out = at::vec::convert_from_float<half_t>(in[0], in[1]);
+      len == kH ? out.store(p + i) : out.store(p + i, len);
+    };
+    std::tie(g[0], g[1]) = at::vec::convert_to_float<half_t>(len == kH ? H::loadu(grad + i) : H::loadu(grad + i, len));
+    load(master, w);
+    load(exp_avg, m);
+    load(exp_avg_sq, v);
+    if (max_sq) load(max_sq, mx);
+    for (int part = 0; part < 2; ++part) adam_step(w[part], g[part], m[part], v[part], mx[part], h, s, kUnscale, scale);
+    store(master, w);
+    store(exp_avg, m);
+    store(exp_avg_sq, v);
+    if (max_sq) store(max_sq, mx);
+    store_half(param, w);
+    if (kUnscale) store_half(grad, g);
+  }
+}
+
+}  // namespace
+
+void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
+  const AdamHyper& h = args.hyper;
+  // The masks (which lists are read and written) become template arguments.
+  with_constant(h.amsgrad, [&](auto amsgrad) {
+    with_constant(args.unscale_grads, [&](auto unscale) {
+      constexpr unsigned kRead = adam_read_mask(amsgrad);
+      constexpr unsigned kWrite = adam_write_mask(amsgrad, unscale);
+      for_each_segment_parallel(lists, [&](size_t i, int64_t begin, int64_t end) {
+        const auto& ptrs = lists.ptrs[i];
+        // This tensor's step count (already incremented by the entry point).
+        const double step = *static_cast<const float*>(ptrs[kAdamStepList]);
+        if (args.has_master) {
+          const auto s = adam_scalars<float>(h, args.lr, step);
+          if (lists.dtype[i] == at::kHalf) {
+            adam_master_segment<decltype(unscale)::value, at::Half>(ptrs, begin, end - begin, h, s, float(args.grad_scale));
+          } else {
+            adam_master_segment<decltype(unscale)::value, at::BFloat16>(ptrs, begin, end - begin, h, s, float(args.grad_scale));
+          }
+          return;
+        }
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lists.dtype[i], "fusedopt.adam_", [&] {
+          using opmath_t = typename VecIO<scalar_t>::opmath_t;
+          using V = Vectorized<opmath_t>;
+          const auto s = adam_scalars<opmath_t>(h, args.lr, step);
+          const V scale(static_cast<opmath_t>(args.grad_scale));
+          std::array<scalar_t*, 5> arrays;
+          for (int k = 0; k < 5; ++k) {
+            arrays[k] = ptrs[k] ? static_cast<scalar_t*>(ptrs[k]) + begin : nullptr;
+          }
+          vectorized_map<kRead, kWrite>(arrays, end - begin,
+                                        [&](V& param, V& grad, V& exp_avg, V& exp_avg_sq, V& max_sq) {
+                                          adam_step(param, grad, exp_avg, exp_avg_sq, max_sq, h, s,
+                                                    unscale, scale);
+                                        });
+        });
+      });
+    });
+  });
+}
+
+}  // namespace fusedopt::cpu::CPU_CAPABILITY

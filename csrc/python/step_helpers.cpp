@@ -166,6 +166,7 @@ void add_step_helpers(py::module& m) {
         "Check and collect a param group in one pass (see step_helpers.cpp). States under scalar_keys "
         "(e.g. 'step') are collected without comparing their shape to the param's.");
   add_sgd_step(m);
+  add_rmsprop_adagrad_step(m);
 }
 
 }  // namespace fusedopt::python

@@ -1,5 +1,7 @@
 """Drop-in replacements for ``torch.optim`` whose steps run as fused kernels."""
 
+from .adagrad import Adagrad
+from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "RMSprop", "Adagrad"]

@@ -6,11 +6,16 @@
 
 namespace fusedopt {
 
-// a * b rounded on its own, also where it feeds an addition that nvcc would otherwise contract into an
-// fma (torch rounds the product of buf.mul_(m) before addcdiv_ adds to it).
+// a * b rounded on its own, also where it feeds an addition that the compiler would otherwise contract
+// into an fma (GCC does for SIMD registers, nvcc for scalars): torch rounds the product of buf.mul_(m)
+// before addcdiv_ adds to it.
 template <typename T>
 FUSEDOPT_INLINE T mul_rounded(const T& a, const T& b) {
-  return a * b;
+  T product = a * b;
+#if !defined(__CUDA_ARCH__) && defined(__GNUC__)
+  __asm__("" : "+m"(product));  // opaque to the optimiser, so no contraction across it
+#endif
+  return product;
 }
 FUSEDOPT_INLINE float mul_rounded(float a, float b) {
 #if defined(__CUDA_ARCH__)

@@ -75,11 +75,11 @@ class Adagrad(torch.optim.Adagrad):
             for p in group["params"]:
                 state = self.state[p]
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["sum"] = self._initial_sum(p, group)
+                # torch fills every group's sums with the constructor's value, whatever the group says.
+                state["sum"] = self._initial_sum(p, initial_accumulator_value)
 
     @staticmethod
-    def _initial_sum(p: Tensor, group: dict) -> Tensor:
-        value = group["initial_accumulator_value"]
+    def _initial_sum(p: Tensor, value: float) -> Tensor:
         if torch.is_complex(p):  # as torch does; the step then rejects complex params
             value = complex(value, value)
         return torch.full_like(p, value, memory_format=torch.preserve_format)
@@ -116,7 +116,8 @@ class Adagrad(torch.optim.Adagrad):
             _step_state.repair(c, self.state, step_fixes)
             # Params added by add_param_group have no state yet (torch's Adagrad fails on them).
             _step_state.create_missing(c, self.state)
-            _common.create_missing_state(c, self.state, "sum", lambda p: self._initial_sum(p, group))
+            _common.create_missing_state(
+                c, self.state, "sum", lambda p: self._initial_sum(p, group["initial_accumulator_value"]))
             for part in c.by_device():
                 device = part.device
                 self._run(group, part, _common.on_device(grad_scale, device, moved),

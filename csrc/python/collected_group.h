@@ -99,5 +99,6 @@ struct CollectedGroup {
 // Registers each family's launchers on the module (definitions in csrc/python/<family>_step.cpp).
 void add_sgd_step(py::module& m);
 void add_adam_step(py::module& m);
+void add_rmsprop_adagrad_step(py::module& m);
 
 }  // namespace fusedopt::python

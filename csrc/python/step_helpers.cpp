@@ -167,6 +167,7 @@ void add_step_helpers(py::module& m) {
         "(e.g. 'step') are collected without comparing their shape to the param's.");
   add_sgd_step(m);
   add_adam_step(m);
+  add_rmsprop_adagrad_step(m);
 }
 
 }  // namespace fusedopt::python

@@ -3,3 +3,4 @@ typed wrappers, one module per op family. The schemas are defined in csrc/schema
 
 from . import optimizers  # noqa: F401
 from . import adam  # noqa: F401
+from . import rmsprop_adagrad  # noqa: F401

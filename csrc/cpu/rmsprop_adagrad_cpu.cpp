@@ -1,0 +1,68 @@
+// fusedopt::rmsprop_ and fusedopt::adagrad_ on CPU: checks, step counts, then the per-variant kernels
+// (csrc/cpu/kernels/rmsprop_kernel.cpp, adagrad_kernel.cpp).
+#include <torch/library.h>
+
+#include "common/rmsprop_adagrad_checks.h"
+#include "common/tensor_lists.h"
+#include "cpu/kernels/rmsprop_adagrad_kernels.h"
+
+namespace fusedopt::cpu {
+namespace {
+
+// Each param's step count goes up by one before its update (torch: step_t += 1 first), also for empty
+// params, which the kernels never visit.
+void increment_steps(at::TensorList state_steps) {
+  for (const at::Tensor& s : state_steps) *s.data_ptr<float>() += 1.0f;
+}
+
+void rmsprop_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                 at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList state_steps,
+                 double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
+                 bool maximize, const std::optional<at::Tensor>& lr_tensor,
+                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  check_rmsprop_inputs(params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, momentum,
+                       centered, lr_tensor, grad_scale, found_inf);
+  if (params.empty()) return;
+  if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;  // GradScaler: skip step
+  increment_steps(state_steps);
+  RmspropCpuArgs args;
+  args.hyper = RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize};
+  args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
+  args.unscale_grads = grad_scale.has_value();
+  args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
+  const at::TensorList none;
+  FUSEDOPT_CPU_KERNEL(rmsprop_kernel)(
+      make_lists_view<5>({params, grads, square_avgs, momentum > 0 ? momentum_buffers : none,
+                          centered ? grad_avgs : none}),
+      args);
+}
+
+void adagrad_cpu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
+                 at::TensorList state_steps, double lr, double lr_decay, double weight_decay, double eps,
+                 bool maximize, const std::optional<at::Tensor>& lr_tensor,
+                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf);
+  if (params.empty()) return;
+  if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;
+  increment_steps(state_steps);
+  AdagradCpuArgs args;
+  args.hyper = AdagradHyper{lr_decay, weight_decay, eps, maximize};
+  args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
+  args.unscale_grads = grad_scale.has_value();
+  args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
+  FUSEDOPT_CPU_KERNEL(adagrad_kernel)(make_lists_view<4>({params, grads, state_sums, state_steps}), args);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
+  m.impl("rmsprop_", &rmsprop_cpu);
+  m.impl("adagrad_", &adagrad_cpu);
+}
+// A sparse tensor in the lists routes the call here; the checks then reject it with a clear message.
+TORCH_LIBRARY_IMPL(fusedopt, SparseCPU, m) {
+  m.impl("rmsprop_", &rmsprop_cpu);
+  m.impl("adagrad_", &adagrad_cpu);
+}
+
+}  // namespace fusedopt::cpu

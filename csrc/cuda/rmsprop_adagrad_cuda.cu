@@ -1,0 +1,169 @@
+// fusedopt::rmsprop_ and fusedopt::adagrad_ on CUDA: checks, then the multi-tensor launcher twice: once
+// to count the steps, once with the shared update rule. Both launches honour found_inf on the device,
+// so a GradScaler step needs no host synchronisation and the pair can be captured in a CUDA graph.
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/rmsprop_adagrad_checks.h"
+#include "cuda/multi_tensor_apply.cuh"
+#include "fusedopt/adagrad.h"
+#include "fusedopt/rmsprop.h"
+
+namespace fusedopt::cuda {
+namespace {
+
+// List 0: the step counts (one float32 element each), incremented by one.
+struct IncrementStepsOp {
+  const float* found_inf;
+  unsigned read_mask = 0b1u;
+  unsigned write_mask = 0b1u;
+
+  __device__ bool skip() const { return found_inf != nullptr && *found_inf != 0.f; }
+
+  template <typename opmath_t>
+  struct Bound {
+    __device__ __forceinline__ void operator()(opmath_t& step) const { step = step + opmath_t(1); }
+  };
+
+  template <typename opmath_t>
+  __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
+    return {};
+  }
+};
+
+void increment_steps(at::TensorList state_steps, const std::optional<at::Tensor>& found_inf) {
+  IncrementStepsOp op;
+  op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
+  launch_multi_tensor(make_lists_view<1>({state_steps}), op);
+}
+
+// Lists: 0 params, 1 grads, 2 square_avgs, 3 momentum_buffers, 4 grad_avgs.
+struct RmspropOp {
+  RmspropHyper hyper;
+  double lr;
+  const float* lr_ptr;      // overrides lr when set
+  const float* grad_scale;  // when set, grads are divided by it and written back
+  const float* found_inf;   // when set and nonzero, nothing happens
+  unsigned read_mask;
+  unsigned write_mask;
+
+  __device__ bool skip() const { return found_inf != nullptr && *found_inf != 0.f; }
+
+  template <typename opmath_t>
+  struct Bound {
+    RmspropCoeffs<opmath_t> coeffs;
+    opmath_t scale;
+    bool unscale;
+    bool momentum;
+    bool centered;
+    __device__ __forceinline__ void operator()(opmath_t& param, opmath_t& grad, opmath_t& square_avg,
+                                               opmath_t& buf, opmath_t& grad_avg) const {
+      // The four shapes of the rule, each compiled without the branches of the others.
+      if (momentum) {
+        if (centered) rmsprop_step<true, true>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, scale);
+        else rmsprop_step<true, false>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, scale);
+      } else {
+        if (centered) rmsprop_step<false, true>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, scale);
+        else rmsprop_step<false, false>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, scale);
+      }
+    }
+  };
+
+  template <typename opmath_t>
+  __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
+    const double lr_value = lr_ptr ? double(*lr_ptr) : lr;
+    return {RmspropCoeffs<opmath_t>::make(hyper, lr_value),
+            grad_scale ? opmath_t(*grad_scale) : opmath_t(1), grad_scale != nullptr, hyper.momentum > 0,
+            hyper.centered};
+  }
+};
+
+// Lists: 0 params, 1 grads, 2 state_sums, 3 state_steps (read per tensor in bind(), never walked).
+struct AdagradOp {
+  AdagradHyper hyper;
+  double lr;
+  const float* lr_ptr;
+  const float* grad_scale;
+  const float* found_inf;
+  unsigned read_mask;
+  unsigned write_mask;
+
+  __device__ bool skip() const { return found_inf != nullptr && *found_inf != 0.f; }
+
+  template <typename opmath_t>
+  struct Bound {
+    AdagradCoeffs<opmath_t> coeffs;
+    opmath_t scale;
+    bool unscale;
+    __device__ __forceinline__ void operator()(opmath_t& param, opmath_t& grad, opmath_t& state_sum,
+                                               opmath_t& /*step*/) const {
+      adagrad_step(param, grad, state_sum, coeffs, unscale, scale);
+    }
+  };
+
+  template <typename opmath_t>
+  __device__ Bound<opmath_t> bind(void* const* tensor_ptrs) const {
+    const double step = double(*static_cast<const float*>(tensor_ptrs[3]));  // already incremented
+    const double lr_value = lr_ptr ? double(*lr_ptr) : lr;
+    return {AdagradCoeffs<opmath_t>::make(hyper, adagrad_clr(lr_value, step, hyper.lr_decay)),
+            grad_scale ? opmath_t(*grad_scale) : opmath_t(1), grad_scale != nullptr};
+  }
+};
+
+void rmsprop_cuda(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                  at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList state_steps,
+                  double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
+                  bool maximize, const std::optional<at::Tensor>& lr_tensor,
+                  const std::optional<at::Tensor>& grad_scale,
+                  const std::optional<at::Tensor>& found_inf) {
+  check_rmsprop_inputs(params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, momentum,
+                       centered, lr_tensor, grad_scale, found_inf);
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  increment_steps(state_steps, found_inf);
+  RmspropOp op;
+  op.hyper = RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize};
+  op.lr = lr;
+  op.lr_ptr = lr_tensor.has_value() ? lr_tensor->const_data_ptr<float>() : nullptr;
+  op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
+  op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
+  op.read_mask = rmsprop_read_mask(momentum > 0, centered);
+  op.write_mask = rmsprop_write_mask(momentum > 0, centered, grad_scale.has_value());
+  const at::TensorList none;
+  launch_multi_tensor(make_lists_view<5>({params, grads, square_avgs, momentum > 0 ? momentum_buffers : none,
+                                          centered ? grad_avgs : none}),
+                      op);
+}
+
+void adagrad_cuda(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
+                  at::TensorList state_steps, double lr, double lr_decay, double weight_decay, double eps,
+                  bool maximize, const std::optional<at::Tensor>& lr_tensor,
+                  const std::optional<at::Tensor>& grad_scale,
+                  const std::optional<at::Tensor>& found_inf) {
+  check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf);
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  increment_steps(state_steps, found_inf);
+  AdagradOp op;
+  op.hyper = AdagradHyper{lr_decay, weight_decay, eps, maximize};
+  op.lr = lr;
+  op.lr_ptr = lr_tensor.has_value() ? lr_tensor->const_data_ptr<float>() : nullptr;
+  op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
+  op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
+  op.read_mask = adagrad_read_mask();
+  op.write_mask = adagrad_write_mask(grad_scale.has_value());
+  launch_multi_tensor(make_lists_view<4>({params, grads, state_sums, state_steps}), op);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
+  m.impl("rmsprop_", &rmsprop_cuda);
+  m.impl("adagrad_", &adagrad_cuda);
+}
+TORCH_LIBRARY_IMPL(fusedopt, SparseCUDA, m) {
+  m.impl("rmsprop_", &rmsprop_cuda);
+  m.impl("adagrad_", &adagrad_cuda);
+}
+
+}  // namespace fusedopt::cuda

@@ -1,0 +1,84 @@
+// The launchers of fusedopt::rmsprop_ and fusedopt::adagrad_ on a CollectedGroup (see collected_group.h),
+// and the check of collected step counts.
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "python/collected_group.h"
+
+namespace fusedopt::python {
+namespace {
+
+using OptTensor = std::optional<at::Tensor>;
+
+// fusedopt::rmsprop_ on a collected group (keys step, square_avg, then momentum_buffer when
+// momentum > 0 and grad_avg when centered), through the dispatcher.
+void rmsprop_group(const CollectedGroup& g, double lr, const OptTensor& lr_tensor, double alpha, double eps,
+                   double weight_decay, double momentum, bool centered, bool maximize,
+                   const OptTensor& grad_scale, const OptTensor& found_inf) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fusedopt::rmsprop_", "")
+          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                      at::TensorList, double, double, double, double, double, bool, bool,
+                      const OptTensor&, const OptTensor&, const OptTensor&)>();
+  const std::vector<at::Tensor> none;
+  const auto& steps = g.states.at(g.key_index("step"));
+  const auto& square_avgs = g.states.at(g.key_index("square_avg"));
+  const auto& bufs = momentum > 0 ? g.states.at(g.key_index("momentum_buffer")) : none;
+  const auto& grad_avgs = centered ? g.states.at(g.key_index("grad_avg")) : none;
+  py::gil_scoped_release no_gil;
+  op.call(g.params, g.grads, square_avgs, bufs, grad_avgs, steps, lr, alpha, eps, weight_decay, momentum,
+          centered, maximize, lr_tensor, grad_scale, found_inf);
+}
+
+// fusedopt::adagrad_ on a collected group (keys step, sum).
+void adagrad_group(const CollectedGroup& g, double lr, const OptTensor& lr_tensor, double lr_decay,
+                   double weight_decay, double eps, bool maximize, const OptTensor& grad_scale,
+                   const OptTensor& found_inf) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fusedopt::adagrad_", "")
+          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double, double,
+                      double, double, bool, const OptTensor&, const OptTensor&, const OptTensor&)>();
+  const auto& steps = g.states.at(g.key_index("step"));
+  const auto& sums = g.states.at(g.key_index("sum"));
+  py::gil_scoped_release no_gil;
+  op.call(g.params, g.grads, sums, steps, lr, lr_decay, weight_decay, eps, maximize, lr_tensor, grad_scale,
+          found_inf);
+}
+
+// Indices of the params whose collected state `key` (a step count) exists but is not a float32
+// one-element strided tensor on the param's device (torch's non-fused optimizers keep step on the CPU):
+// those are moved before the op runs. Returns (fixes, index of a step that cannot be a count, its
+// numel), the latter (-1, 0) when every step has one element.
+std::tuple<std::vector<int64_t>, int64_t, int64_t> scalar_state_fixes(const CollectedGroup& g,
+                                                                      const std::string& key) {
+  std::vector<int64_t> fixes;
+  const auto& list = g.states.at(g.key_index(key));
+  for (int64_t i = 0; i < g.size(); ++i) {
+    const at::Tensor& s = list[i];
+    if (!s.defined()) continue;
+    if (s.layout() != at::kStrided || s.numel() != 1) return {fixes, i, s.layout() != at::kStrided ? -1 : s.numel()};
+    if (s.scalar_type() != at::kFloat || s.device() != g.params[i].device() || s.dim() != 0) {
+      fixes.push_back(i);
+    }
+  }
+  return {fixes, -1, 0};
+}
+
+}  // namespace
+
+void add_rmsprop_adagrad_step(py::module& m) {
+  m.def("rmsprop_group", &rmsprop_group, py::arg("group"), py::kw_only(), py::arg("lr"),
+        py::arg("lr_tensor"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
+        py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_scale"),
+        py::arg("found_inf"), "torch.ops.fusedopt.rmsprop_ on a CollectedGroup.");
+  m.def("adagrad_group", &adagrad_group, py::arg("group"), py::kw_only(), py::arg("lr"),
+        py::arg("lr_tensor"), py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"),
+        py::arg("maximize"), py::arg("grad_scale"), py::arg("found_inf"),
+        "torch.ops.fusedopt.adagrad_ on a CollectedGroup.");
+  m.def("scalar_state_fixes", &scalar_state_fixes, py::arg("group"), py::arg("key"),
+        "Indices whose per-param scalar state (e.g. 'step') must be moved to the param's device as a "
+        "float32 0-dim tensor, and (index, numel) of one that is not a single value ((-1, 0) if none).");
+}
+
+}  // namespace fusedopt::python

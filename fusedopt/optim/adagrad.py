@@ -1,0 +1,134 @@
+"""Fused Adagrad: ``fusedopt.optim.Adagrad`` is a drop-in for ``torch.optim.Adagrad``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _C
+from . import _common, _step_state
+
+_NAME = "fusedopt.optim.Adagrad"
+
+
+class Adagrad(torch.optim.Adagrad):
+    """Implements Adagrad, as :class:`torch.optim.Adagrad`, with each param group's update done by one
+    fused kernel per device (``torch.ops.fusedopt.adagrad_``).
+
+    Same constructor, defaults, validation errors, param groups and ``state_dict`` layout as
+    ``torch.optim.Adagrad`` (it is a subclass); like torch, the state (``step``, and ``sum`` filled with
+    ``initial_accumulator_value``) is created by the constructor. ``step`` is kept as a float32 0-dim
+    tensor on the param's device (as torch's fused Adagrad keeps it) and moved there when a checkpoint
+    holds it elsewhere. ``foreach`` and ``fused`` are accepted and recorded; the step is always fused
+    and never synchronises with the host. ``differentiable=True``, sparse gradients (which torch's
+    for-loop Adagrad takes) and complex parameters are not supported and raise before anything is
+    modified. Works with ``torch.amp.GradScaler``: grads are unscaled inside the kernel and a step with
+    non-finite grads changes nothing, step counts included.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        # The checks and messages of torch.optim.Adagrad.
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= lr_decay:
+            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= initial_accumulator_value:
+            raise ValueError(f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        if differentiable:
+            raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.Adagrad")
+        defaults = {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        torch.optim.Optimizer.__init__(self, params, defaults)
+        # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
+        self._step_supports_amp_scaling = True
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                # torch fills every group's sums with the constructor's value, whatever the group says.
+                state["sum"] = self._initial_sum(p, initial_accumulator_value)
+
+    @staticmethod
+    def _initial_sum(p: Tensor, value: float) -> Tensor:
+        if torch.is_complex(p):  # as torch does; the step then rejects complex params
+            value = complex(value, value)
+        return torch.full_like(p, value, memory_format=torch.preserve_format)
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        _step_state.move_to_params(self)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        # Everything is checked before anything is modified.
+        collected = []
+        for i, group in enumerate(self.param_groups):
+            if group["differentiable"]:
+                raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.Adagrad")
+            c = _common.collect(self, _NAME, i, ("step", "sum"), scalar_keys=("step",))
+            if len(c):
+                collected.append((group, c, _step_state.check(c, _NAME, i)))
+        grad_scale, found_inf = _common.grad_scaler_tensors(self)
+
+        moved: dict = {}
+        for group, c, step_fixes in collected:
+            replaced = _common.repair_layouts(c, self.state)
+            _step_state.repair(c, self.state, step_fixes)
+            # Params added by add_param_group have no state yet (torch's Adagrad fails on them).
+            _step_state.create_missing(c, self.state)
+            _common.create_missing_state(
+                c, self.state, "sum", lambda p: self._initial_sum(p, group["initial_accumulator_value"]))
+            for part in c.by_device():
+                device = part.device
+                self._run(group, part, _common.on_device(grad_scale, device, moved),
+                          _common.on_device(found_inf, device, moved))
+            if grad_scale is not None:
+                _common.write_back_grads(c, replaced)
+        return loss
+
+    def _run(self, group: dict, c, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+        lr, lr_tensor = _common.lr_args(group["lr"], c.device)
+        _C.adagrad_group(
+            c, lr=lr, lr_tensor=lr_tensor, lr_decay=float(group["lr_decay"]),
+            weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
+            maximize=bool(group["maximize"]), grad_scale=grad_scale, found_inf=found_inf)

@@ -1,0 +1,136 @@
+"""Fused RMSprop: ``fusedopt.optim.RMSprop`` is a drop-in for ``torch.optim.RMSprop``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _C
+from . import _common, _step_state
+
+_NAME = "fusedopt.optim.RMSprop"
+
+
+class RMSprop(torch.optim.RMSprop):
+    """Implements RMSprop, as :class:`torch.optim.RMSprop`, with each param group's update done by one
+    fused kernel per device (``torch.ops.fusedopt.rmsprop_``).
+
+    Same constructor, defaults, validation errors, param groups and ``state_dict`` layout as
+    ``torch.optim.RMSprop`` (it is a subclass), so checkpoints move between the two both ways; ``step``
+    is kept as a float32 0-dim tensor on the param's device (as torch's fused optimizers keep it) and
+    moved there when a checkpoint holds it elsewhere. ``foreach`` and ``capturable`` are accepted and
+    recorded; the step is always fused and never synchronises with the host, except once on a param's
+    first step under GradScaler. ``differentiable=True``, sparse gradients and complex parameters are
+    not supported and raise before anything is modified. Works with ``torch.amp.GradScaler``: grads
+    are unscaled inside the kernel and a step with non-finite grads changes nothing.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        # The checks and messages of torch.optim.RMSprop.
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= momentum:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= alpha:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        if differentiable:
+            raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.RMSprop")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+        }
+        torch.optim.Optimizer.__init__(self, params, defaults)
+        # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
+        self._step_supports_amp_scaling = True
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        _step_state.move_to_params(self)
+
+    @staticmethod
+    def _state_keys(group: dict) -> tuple[str, ...]:
+        keys = ["step", "square_avg"]
+        if group["momentum"] > 0:
+            keys.append("momentum_buffer")
+        if group["centered"]:
+            keys.append("grad_avg")
+        return tuple(keys)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        # Everything is checked before anything is modified.
+        collected = []
+        for i, group in enumerate(self.param_groups):
+            if group["differentiable"]:
+                raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.RMSprop")
+            c = _common.collect(self, _NAME, i, self._state_keys(group), scalar_keys=("step",))
+            if len(c):
+                collected.append((group, c, _step_state.check(c, _NAME, i)))
+        grad_scale, found_inf = _common.grad_scaler_tensors(self)
+        if found_inf is not None and any(c.missing(k) for _, c, _ in collected for k in c.keys):
+            # A param's first step creates its state. If GradScaler is about to skip this step, the
+            # state must not exist afterwards (torch's non-fused path skips step() entirely). This is
+            # the only host synchronisation: once, on a param's first step.
+            if found_inf.item() != 0:
+                return loss
+
+        moved: dict = {}
+        for group, c, step_fixes in collected:
+            replaced = _common.repair_layouts(c, self.state)
+            _step_state.repair(c, self.state, step_fixes)
+            _step_state.create_missing(c, self.state)
+            for key in c.keys[1:]:
+                _common.create_missing_state(
+                    c, self.state, key, lambda p: torch.zeros_like(p, memory_format=torch.preserve_format))
+            for part in c.by_device():
+                device = part.device
+                self._run(group, part, _common.on_device(grad_scale, device, moved),
+                          _common.on_device(found_inf, device, moved))
+            if grad_scale is not None:
+                _common.write_back_grads(c, replaced)
+        return loss
+
+    def _run(self, group: dict, c, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+        lr, lr_tensor = _common.lr_args(group["lr"], c.device)
+        _C.rmsprop_group(
+            c, lr=lr, lr_tensor=lr_tensor, alpha=float(group["alpha"]), eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
+            centered=bool(group["centered"]), maximize=bool(group["maximize"]), grad_scale=grad_scale,
+            found_inf=found_inf)

@@ -17,6 +17,7 @@ TORCH_LIBRARY(fusedopt, m) {
   fusedopt::schemas::define_optimizer_ops(m);
   fusedopt::schemas::define_adam_ops(m);
   fusedopt::schemas::define_rmsprop_adagrad_ops(m);
+  fusedopt::schemas::define_clipping_ops(m);
 }
 
 namespace fusedopt::python {

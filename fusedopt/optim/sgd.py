@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from . import _common
+from . import _clipping, _common
 
 _NAME = "fusedopt.optim.SGD"
 
@@ -21,6 +21,13 @@ class SGD(torch.optim.SGD):
     ``differentiable=True``, sparse gradients and complex parameters are not supported and raise
     before anything is modified. Works with ``torch.amp.GradScaler``: grads are unscaled inside the
     kernel and a step with non-finite grads changes nothing.
+
+    ``max_grad_norm`` (keyword-only, default None: off) clips the gradients by their total
+    ``grad_norm_type``-norm as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm, grad_norm_type)``
+    right before the update, folded into the step's kernels (see ``fusedopt.optim._clipping``): with
+    GradScaler the norm is that of the unscaled grads, and the grads are left unscaled and clipped.
+    The norm before clipping is kept as a device tensor in ``last_grad_norm``. These two options are
+    attributes of the optimizer, not of its param groups, so ``state_dict`` keeps torch's layout.
     """
 
     def __init__(
@@ -36,6 +43,8 @@ class SGD(torch.optim.SGD):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        max_grad_norm: float | None = None,
+        grad_norm_type: float = 2.0,
     ) -> None:
         # The checks and messages of torch.optim.SGD.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -50,6 +59,16 @@ class SGD(torch.optim.SGD):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         if differentiable:
             raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.SGD")
+        if max_grad_norm is not None:
+            max_grad_norm = float(max_grad_norm)
+            if not max_grad_norm >= 0.0:
+                raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}; expected a number >= 0")
+        grad_norm_type = float(grad_norm_type)
+        if grad_norm_type != grad_norm_type:
+            raise ValueError("Invalid grad_norm_type value: nan")
+        self.max_grad_norm = max_grad_norm
+        self.grad_norm_type = grad_norm_type
+        self.last_grad_norm: Tensor | None = None
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -94,15 +113,21 @@ class SGD(torch.optim.SGD):
             # This is the only host synchronisation: once, on a param's first step.
             if found_inf.item() != 0:
                 return loss
+        if self.max_grad_norm is not None:
+            # Unscale and clip in the update kernels: one divisor per device (see _clipping).
+            scales = _clipping.folded_clip_grad_scales(self, collected, grad_scale, self.max_grad_norm,
+                                                       self.grad_norm_type)
+        else:
+            scales = None
 
         moved: dict = {}
         for group, c in collected:
             replaced = _common.repair_layouts(c, self.state)
             for part in c.by_device():
                 device = part.device
-                self._run(group, part, _common.on_device(grad_scale, device, moved),
-                          _common.on_device(found_inf, device, moved))
-            if grad_scale is not None:
+                scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
+                self._run(group, part, scale, _common.on_device(found_inf, device, moved))
+            if grad_scale is not None or scales is not None:
                 _common.write_back_grads(c, replaced)
         return loss
 

@@ -1,0 +1,249 @@
+"""Gradient clipping as ``torch.nn.utils``: the total norm in one fused pass per device
+(``torch.ops.fusedopt.total_norm``) and the scaling in another (``torch.ops.fusedopt.clip_by_total_norm_``),
+both without host synchronisation (``error_if_nonfinite=True`` is the only one, as in torch).
+
+Same signatures, defaults, return values and errors as torch 2.13, with two deliberate differences:
+
+- The norm is accumulated and returned in float32 (float64 when any tensor is float64) also when every
+  tensor is float16/bfloat16, where torch returns (and clips with) a float16/bfloat16 norm: a norm
+  beyond float16's range is then correct rather than inf (torch zeroes every gradient in that case).
+- ``foreach`` is accepted and ignored (the fused path is always taken); tensors must live on CPU or CUDA.
+
+Gradients that are DTensors (FSDP2) are reduced over their mesh: each rank computes the norm of its
+local shards with the fused op, and the p-th powers (max/min for +-inf) are all-reduced over the mesh
+dimensions the gradients are sharded on. The result is then a DTensor replicated on that mesh.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+import warnings
+
+import torch
+from torch import Tensor
+from torch import _prims_common
+
+_tensor_or_tensors = typing.Union[Tensor, typing.Iterable[Tensor]]
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_INF = float("inf")
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def _check_tensor(t, what: str, index: int) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{what}[{index}] is a {type(t).__name__}; expected a Tensor")
+    if t.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"{what}[{index}] has dtype {t.dtype}; fusedopt's clipping supports float32, "
+                        "float64, float16 and bfloat16 (use torch.nn.utils for other dtypes)")
+    if t.layout != torch.strided:
+        raise TypeError(f"{what}[{index}] has layout {t.layout}; fusedopt's clipping needs dense tensors")
+    if t.device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"{what}[{index}] is on {t.device}; fusedopt's clipping runs on CPU and CUDA only")
+
+
+def _fills_memory(t: Tensor) -> bool:
+    """Whether t's elements are exactly its memory (any order): what the kernels walk."""
+    return t.is_contiguous() or _prims_common.is_non_overlapping_and_dense_or_false(t)
+
+
+def _dense(t: Tensor) -> Tensor:
+    # The kernels need tensors that fill their memory (any order); a view with gaps is read via a copy.
+    return t if _fills_memory(t) else t.contiguous()
+
+
+def _local_norms(tensors: list[Tensor], norm_type: float) -> list[Tensor]:
+    """One fused norm per device, in order of first appearance."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(_dense(t))
+    return [torch.ops.fusedopt.total_norm(ts, norm_type) for ts in by_device.values()]
+
+
+def _combine(norms: list[Tensor], norm_type: float, device: torch.device) -> Tensor:
+    """The norm of the concatenation of the parts whose norms are given (torch's own combination)."""
+    if len(norms) == 1:
+        return norms[0].to(device)
+    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), norm_type)
+
+
+def _sharded_mesh_dims(t) -> tuple[int, ...]:
+    from torch.distributed.tensor import Replicate, Shard
+    dims = []
+    for mesh_dim, placement in enumerate(t.placements):
+        if isinstance(placement, Shard):
+            dims.append(mesh_dim)
+        elif not isinstance(placement, Replicate):
+            raise ValueError(f"fusedopt.nn.utils: a DTensor gradient has placement {placement}; "
+                             "expected Shard or Replicate placements")
+    return tuple(dims)
+
+
+def _dtensor_total_norm(tensors: list, norm_type: float):
+    """Norm of DTensors: the local shards' norm by the fused op, then all-reduced over the sharded
+    mesh dimensions (grouped by mesh and sharded dims); a DTensor replicated on the mesh."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Replicate
+    meshes = {id(t.device_mesh): t.device_mesh for t in tensors}
+    if len(meshes) != 1:
+        raise ValueError("fusedopt.nn.utils: DTensor gradients live on different device meshes; "
+                         "expected one mesh")
+    mesh = next(iter(meshes.values()))
+    groups: dict[tuple[int, ...], list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(_sharded_mesh_dims(t), []).append(t._local_tensor)
+    device = tensors[0]._local_tensor.device
+    parts = []
+    for dims, local in groups.items():
+        norm = _combine(_local_norms(local, norm_type), norm_type, device)
+        if not dims:
+            parts.append(norm)
+            continue
+        if norm_type == _INF or norm_type == -_INF:
+            value, op = norm, dist.ReduceOp.MAX if norm_type > 0 else dist.ReduceOp.MIN
+        else:
+            value, op = norm.pow(norm_type), dist.ReduceOp.SUM
+        for d in dims:
+            dist.all_reduce(value, op=op, group=mesh.get_group(d))
+        if norm_type not in (_INF, -_INF):
+            value = value.pow(1.0 / norm_type)
+        parts.append(value)
+    total = _combine(parts, norm_type, device)
+    return DTensor.from_local(total, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
+@torch.no_grad()
+def get_total_norm(
+    tensors: _tensor_or_tensors,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> Tensor:
+    r"""Compute the norm of an iterable of tensors, as :func:`torch.nn.utils.get_total_norm`.
+
+    Args:
+        tensors (Iterable[Tensor] or Tensor): an iterable of Tensors or a single Tensor
+        norm_type (float): type of the used p-norm. Can be ``'inf'`` for infinity norm.
+        error_if_nonfinite (bool): if True, an error is thrown if the total norm is ``nan``, ``inf``,
+            or ``-inf``. Default: ``False``
+        foreach (bool): accepted for compatibility; the fused path is always used.
+
+    Returns:
+        Total norm of the tensors (viewed as a single vector): float32, or float64 when any tensor is
+        float64. ``norm_type=0`` follows torch's definition (the number of tensors that have a nonzero
+        element, since torch takes the 0-"norm" of the per-tensor counts) and is computed per tensor.
+    """
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+    else:
+        tensors = list(tensors)
+    norm_type = float(norm_type)
+    if len(tensors) == 0:
+        return torch.tensor(0.0)
+    for i, t in enumerate(tensors):
+        _check_tensor(t, "tensors", i)
+    dtensor = _dtensor_type()
+    n_dtensors = sum(isinstance(t, dtensor) for t in tensors) if dtensor is not None else 0
+    if n_dtensors not in (0, len(tensors)):
+        raise ValueError("fusedopt.nn.utils: tensors mix DTensors and plain tensors; expected one kind")
+    if norm_type == 0:
+        # torch: vector_norm(stack(per-tensor nonzero counts), 0) = tensors with a nonzero element.
+        if n_dtensors:
+            raise NotImplementedError("fusedopt.nn.utils: norm_type=0 is not supported for DTensors")
+        counts = [torch.ops.fusedopt.total_norm([_dense(t)], 0.0) for t in tensors if t.numel()]
+        total = _combine(counts, 0.0, tensors[0].device) if counts else torch.zeros((), device=tensors[0].device)
+    elif n_dtensors:
+        total = _dtensor_total_norm(tensors, norm_type)
+    else:
+        total = _combine(_local_norms(tensors, norm_type), norm_type, tensors[0].device)
+    if error_if_nonfinite and torch.logical_or(total.isnan(), total.isinf()):
+        raise RuntimeError(
+            f"The total norm of order {norm_type} for gradients from "
+            "`parameters` is non-finite, so it cannot be clipped. To disable "
+            "this error and scale the gradients by the non-finite norm anyway, "
+            "set `error_if_nonfinite=False`"
+        )
+    return total
+
+
+@torch.no_grad()
+def clip_grads_with_norm_(
+    parameters: _tensor_or_tensors,
+    max_norm: float,
+    total_norm: Tensor,
+    foreach: bool | None = None,
+) -> None:
+    r"""Scale the gradients of ``parameters`` by ``min(max_norm / (total_norm + 1e-6), 1)``, computed on
+    the device, in place, as :func:`torch.nn.utils.clip_grads_with_norm_`. ``foreach`` is accepted
+    for compatibility."""
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    max_norm = float(max_norm)
+    if len(grads) == 0:
+        return
+    for i, g in enumerate(grads):
+        _check_tensor(g, "grads", i)
+    dtensor = _dtensor_type()
+    if dtensor is not None:
+        grads = [g._local_tensor if isinstance(g, dtensor) else g for g in grads]
+        if isinstance(total_norm, dtensor):
+            total_norm = total_norm.full_tensor()
+    if total_norm.dtype not in (torch.float32, torch.float64):
+        total_norm = total_norm.float()
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for g in grads:
+        by_device.setdefault(g.device, []).append(g)
+    for device, device_grads in by_device.items():
+        norm = total_norm.to(device, non_blocking=True)
+        dense = [g for g in device_grads if _fills_memory(g)]
+        torch.ops.fusedopt.clip_by_total_norm_(dense, norm, max_norm)
+        if len(dense) != len(device_grads):
+            # Views with gaps in their memory: the same coefficient, by torch's own operations.
+            coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+            for g in device_grads:
+                if not _fills_memory(g):
+                    g.mul_(coef)
+
+
+@torch.no_grad()
+def clip_grad_norm_(
+    parameters: _tensor_or_tensors,
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> Tensor:
+    r"""Clip the gradient norm of an iterable of parameters, as :func:`torch.nn.utils.clip_grad_norm_`:
+    :func:`get_total_norm` of the grads, then :func:`clip_grads_with_norm_`. Gradients are modified in
+    place; returns the total norm of the gradients before clipping (see :func:`get_total_norm`)."""
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    else:
+        is_generator = isinstance(parameters, types.GeneratorType)
+        parameters = list(parameters)
+        if is_generator and len(parameters) == 0:
+            warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total_norm = get_total_norm(grads, norm_type, error_if_nonfinite, foreach)
+    clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)
+    return total_norm
+
+
+@torch.no_grad()
+def clip_grad_value_(
+    parameters: _tensor_or_tensors,
+    clip_value: float,
+    foreach: bool | None = None,
+) -> None:
+    r"""Clip the gradients to ``[-clip_value, clip_value]`` in place, as
+    :func:`torch.nn.utils.clip_grad_value_` (whose foreach path this calls: an elementwise clamp has
+    nothing to fuse). ``foreach`` is passed on."""
+    torch.nn.utils.clip_grad_value_(parameters, clip_value, foreach=foreach)

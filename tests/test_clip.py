@@ -1,0 +1,409 @@
+"""fusedopt.nn.utils clipping, torch.ops.fusedopt.total_norm / clip_by_total_norm_, and clipping folded
+into fusedopt.optim.SGD, against torch.nn.utils.
+
+Tolerances: the norm is compared with a float64 reference of the same elements; float32 accumulation
+(every input but float64) keeps ~1e-6 relative error for sums over up to 1e6 elements (rtol 2e-5; p=0.5
+and p=3 go through pow and the root 1/p amplifies: rtol 1e-4); float64 accumulation: rtol 1e-12. Clipped grads: one rounding of
+the grad's dtype (TOL in conftest)."""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+
+import pytest
+import torch
+
+import fusedopt
+from fusedopt.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
+from conftest import DEVICES, DTYPES, TOL, assert_close, make_tensor, param_zoo
+
+INF = float("inf")
+NORM_TYPES = [0.5, 1.0, 2.0, 3.0, INF]
+ALL_NORM_TYPES = NORM_TYPES + [-INF, -1.5]
+DTYPE_MIXES = {
+    "f32": [torch.float32],
+    "f64": [torch.float64],
+    "f16": [torch.float16],
+    "bf16": [torch.bfloat16],
+    "f32+f16+bf16": [torch.float32, torch.float16, torch.bfloat16],
+    "all": DTYPES,
+}
+
+
+def _reference_norm(tensors, p):
+    """The norm of the concatenation, in float64."""
+    flat = torch.cat([t.detach().double().reshape(-1).cpu() for t in tensors]) if tensors else torch.zeros(0)
+    return torch.linalg.vector_norm(flat, p)
+
+
+def _norm_tol(tensors, p):
+    """Tolerance of a norm over tensors (or dtypes)."""
+    if all(getattr(t, "dtype", t) == torch.float64 for t in tensors):
+        return dict(rtol=1e-12, atol=0)
+    # float32/half tensors are accumulated in float32 (then combined in float64 when mixed with float64).
+    return dict(rtol=1e-4 if p not in (1.0, 2.0, INF, -INF) else 2e-5, atol=0)  # pow, and the root amplifies (1/p)
+
+
+def _mixed_zoo(dtypes, device, seed):
+    out = []
+    for k, dtype in enumerate(dtypes):
+        out += param_zoo(dtype, device, seed + k)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def _result_dtype(tensors):
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mix", list(DTYPE_MIXES))
+@pytest.mark.parametrize("p", ALL_NORM_TYPES)
+def test_total_norm_op(device, mix, p):
+    tensors = _mixed_zoo(DTYPE_MIXES[mix], device, seed=len(mix))
+    tensors = [t for t in tensors if t.numel()] if p == -INF else tensors  # min over nothing is undefined
+    out = torch.ops.fusedopt.total_norm(tensors, p)
+    assert out.shape == () and out.dtype == _result_dtype(tensors) and out.device == tensors[0].device
+    torch.testing.assert_close(out.double().cpu(), _reference_norm(tensors, p), **_norm_tol(tensors, p))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mix", list(DTYPE_MIXES))
+@pytest.mark.parametrize("p", NORM_TYPES)
+def test_get_total_norm_matches_torch(device, mix, p):
+    tensors = _mixed_zoo(DTYPE_MIXES[mix], device, seed=7)
+    if p == INF:
+        # torch raises for the inf-norm of a list holding an empty tensor; we take the max over the
+        # elements there are (tested in test_total_norm_op).
+        tensors = [t for t in tensors if t.numel()]
+    ours = get_total_norm(tensors, p)
+    theirs = torch.nn.utils.get_total_norm(tensors, p)
+    # Same dtype as torch, except that all-half inputs give a float32 norm (torch: float16/bfloat16).
+    assert ours.dtype == (theirs.dtype if theirs.dtype in (torch.float32, torch.float64) else torch.float32)
+    # torch computes each float16/bfloat16 tensor's norm in float32 and rounds it to the half type
+    # (inf beyond float16's range, see test_float16_norm_beyond_range); we keep float32: compare with
+    # torch on float32 copies of the half tensors.
+    upcast = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
+    theirs = torch.nn.utils.get_total_norm(upcast, p)
+    torch.testing.assert_close(ours.double(), theirs.double(), **_norm_tol(tensors, p))
+
+
+def test_norm_type_zero_follows_torch():
+    # torch takes the 0-"norm" of the per-tensor nonzero counts: the number of tensors with a nonzero.
+    tensors = [torch.ones(3), torch.zeros(4), torch.tensor([0.0, float("nan")]), torch.zeros(0),
+               torch.tensor([0.0, 2.0], dtype=torch.float16)]
+    assert get_total_norm(tensors, 0).item() == torch.nn.utils.get_total_norm(tensors, 0).item() == 3
+    # The op itself counts nonzero elements (NaN counts, as in torch.linalg.vector_norm).
+    assert torch.ops.fusedopt.total_norm(tensors, 0.0).item() == 5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("count", [1, 2, 2000])
+@pytest.mark.parametrize("p", NORM_TYPES)
+def test_tensor_counts(device, count, p):
+    g = torch.Generator().manual_seed(count)
+    low = 1 if p == INF else 0  # torch raises for the inf-norm of an empty tensor
+    tensors = [torch.randn(int(torch.randint(low, 300, (1,), generator=g)), generator=g).to(device)
+               for _ in range(count)]
+    ours, theirs = get_total_norm(tensors, p), torch.nn.utils.get_total_norm(tensors, p)
+    torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=0)
+
+
+def test_empty_inputs():
+    assert torch.equal(get_total_norm([]), torch.tensor(0.0))
+    assert torch.equal(clip_grad_norm_([], 1.0), torch.nn.utils.clip_grad_norm_([], 1.0))
+    p = torch.nn.Parameter(torch.ones(3))  # no grad
+    assert torch.equal(clip_grad_norm_([p], 1.0), torch.tensor(0.0))
+    with pytest.warns(UserWarning, match="empty generator"):
+        clip_grad_norm_((x for x in []), 1.0)
+    # Only empty tensors: norm 0.
+    assert get_total_norm([torch.zeros(0), torch.zeros(0, 3)]).item() == 0.0
+    with pytest.raises(RuntimeError, match="no tensor arguments"):
+        torch.ops.fusedopt.total_norm([], 2.0)
+
+
+def test_deterministic_across_thread_counts():
+    tensors = [torch.randn(n) for n in (1, 70001, 333333, 5, 262144)] + [torch.randn(99999).half()]
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results[n] = [torch.ops.fusedopt.total_norm(tensors, p).item() for p in NORM_TYPES]
+    finally:
+        torch.set_num_threads(threads)
+    assert results[1] == results[2] == results[3]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("p", ALL_NORM_TYPES)
+@pytest.mark.parametrize("bad", [INF, -INF, math.nan, "inf+nan"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite(device, p, bad, dtype):
+    tensors = [torch.randn(100, dtype=dtype, device=device), torch.randn(37, dtype=dtype, device=device)]
+    if bad == "inf+nan":
+        tensors[0][3], tensors[1][5] = INF, math.nan
+    else:
+        tensors[1][5] = bad
+    ours = get_total_norm(tensors, p)
+    theirs = torch.nn.utils.get_total_norm(tensors, p)
+    assert (ours.isnan().item(), ours.isinf().item()) == (theirs.isnan().item(), theirs.isinf().item())
+    if not theirs.isfinite():
+        assert ours.item() == theirs.item() or (ours.isnan() and theirs.isnan())
+    with pytest.raises(RuntimeError, match="non-finite") if not theirs.isfinite() else warnings.catch_warnings():
+        get_total_norm(tensors, p, error_if_nonfinite=True)
+
+
+def test_error_if_nonfinite_leaves_grads():
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.tensor([1.0, INF, 2.0, 3.0])
+    before = p.grad.clone()
+    with pytest.raises(RuntimeError, match="non-finite, so it cannot be clipped"):
+        clip_grad_norm_([p], 1.0, error_if_nonfinite=True)
+    assert torch.equal(p.grad, before)
+    # Without the flag: grads scaled by clamp(1 / (inf + 1e-6)) = 0, like torch (inf * 0 = nan).
+    q = torch.nn.Parameter(torch.ones(4))
+    q.grad = before.clone()
+    torch.nn.utils.clip_grad_norm_([q], 1.0)
+    clip_grad_norm_([p], 1.0)
+    torch.testing.assert_close(p.grad, q.grad, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float16_norm_beyond_range(device):
+    """fp16 grads whose norm exceeds 65504: torch's norm is inf (computed in float16) and clipping then
+    zeroes every grad; ours is the correct float32 norm and the grads are scaled down properly."""
+    grads = [torch.full((100,), 60000.0, dtype=torch.float16, device=device) for _ in range(3)]
+    true_norm = 60000.0 * math.sqrt(300)
+    theirs = torch.nn.utils.get_total_norm(grads, 2.0)
+    assert theirs.dtype == torch.float16 and theirs.isinf()
+    ours = get_total_norm(grads, 2.0)
+    assert ours.dtype == torch.float32 and ours.isfinite()
+    torch.testing.assert_close(ours.item(), true_norm, rtol=1e-6, atol=0)
+
+    params_t = [torch.nn.Parameter(torch.zeros(100, dtype=torch.float16, device=device)) for _ in range(3)]
+    params_o = [torch.nn.Parameter(torch.zeros(100, dtype=torch.float16, device=device)) for _ in range(3)]
+    for pt, po, g in zip(params_t, params_o, grads):
+        pt.grad, po.grad = g.clone(), g.clone()
+    torch.nn.utils.clip_grad_norm_(params_t, 1.0)
+    clip_grad_norm_(params_o, 1.0)
+    assert all(torch.all(p.grad == 0) for p in params_t)  # torch: every grad zeroed
+    expected = 60000.0 / true_norm
+    for p in params_o:
+        torch.testing.assert_close(p.grad.float(), torch.full((100,), expected, device=device), **TOL[torch.float16])
+
+
+def _params_with_grads(dtype, device, seed, none_every=5, nonempty=False):
+    ps, grads = [], param_zoo(dtype, device, seed)
+    if nonempty:  # torch raises for the inf-norm of an empty tensor
+        grads = [g for g in grads if g.numel()]
+    for i, g in enumerate(grads):
+        p = torch.nn.Parameter(torch.zeros_like(g))
+        if i % none_every != 1:
+            p.grad = g * 3
+        ps.append(p)
+    return ps
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", NORM_TYPES)
+@pytest.mark.parametrize("max_norm", [0.5, 1e30])
+def test_clip_grad_norm_matches_torch(device, dtype, p, max_norm):
+    ours = _params_with_grads(dtype, device, seed=3, nonempty=p == INF)
+    theirs = _params_with_grads(dtype, device, seed=3, nonempty=p == INF)
+    half = dtype in (torch.float16, torch.bfloat16)
+    if half:
+        # torch's half path rounds the norm to the half type (and overflows float16 for p <= 1 here):
+        # the reference is torch on float32 copies, the grads then rounded to the half type.
+        float_copies = []
+        for q in theirs:
+            f = torch.nn.Parameter(q.detach().float())
+            if q.grad is not None:
+                f.grad = q.grad.float()
+            float_copies.append(f)
+        theirs = float_copies
+    n_ours = clip_grad_norm_(ours, max_norm, p)
+    n_theirs = torch.nn.utils.clip_grad_norm_(theirs, max_norm, p)
+    torch.testing.assert_close(n_ours.double(), n_theirs.double(), **_norm_tol([dtype], p))
+    for a, b in zip(ours, theirs):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            assert_close(a.grad, b.grad.to(dtype), dtype)
+            if max_norm == 1e30:
+                assert torch.equal(a.grad, b.grad.to(dtype))  # coefficient 1: untouched values
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clip_grads_with_norm_exact(dtype):
+    """Given the same total norm, the coefficient is torch's to the bit, and so are the grads."""
+    ours = _params_with_grads(dtype, "cpu", seed=9)
+    theirs = _params_with_grads(dtype, "cpu", seed=9)
+    for norm in (torch.tensor(7.3), torch.tensor(7.3, dtype=torch.float64), torch.tensor(0.0)):
+        clip_grads_with_norm_(ours, 2.5, norm)
+        torch.nn.utils.clip_grads_with_norm_(theirs, 2.5, norm)
+        for a, b in zip(ours, theirs):
+            if a.grad is not None:
+                assert torch.equal(a.grad, b.grad)
+
+
+def test_single_tensor_and_non_dense_grads():
+    p = torch.nn.Parameter(torch.zeros(6, 5))
+    p.grad = torch.randn(5, 12)[:, ::2].t()  # a view with gaps
+    q = torch.nn.Parameter(torch.zeros(6, 5))
+    q.grad = p.grad.clone()
+    n_ours = clip_grad_norm_(p, 0.1)
+    n_theirs = torch.nn.utils.clip_grad_norm_(q, 0.1)
+    torch.testing.assert_close(n_ours, n_theirs)
+    torch.testing.assert_close(p.grad, q.grad)
+    torch.testing.assert_close(get_total_norm(p.grad), torch.nn.utils.get_total_norm(p.grad))
+
+
+def test_bad_input_as_torch():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    for bad, exc in (("a", ValueError), (None, TypeError)):
+        with pytest.raises(exc):
+            torch.nn.utils.clip_grad_norm_([p], bad)
+        with pytest.raises(exc):
+            clip_grad_norm_([p], bad)
+    with pytest.raises(ValueError, match="could not convert string to float"):
+        clip_grad_norm_([p], 1.0, "a")
+    # torch accepts a negative max_norm (the coefficient is then negative) and negative norm types.
+    for args in ((-1.0,), (1.0, -1.0), (1.0, -INF)):
+        a, b = p.grad.clone(), p.grad.clone()
+        pa, pb = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+        pa.grad, pb.grad = a, b
+        torch.testing.assert_close(clip_grad_norm_([pa], *args), torch.nn.utils.clip_grad_norm_([pb], *args))
+        torch.testing.assert_close(pa.grad, pb.grad)
+    with pytest.raises(TypeError, match="dtype torch.int64"):
+        get_total_norm([torch.ones(3, dtype=torch.int64)])
+    with pytest.raises(RuntimeError, match="norm_type is nan"):
+        torch.ops.fusedopt.total_norm([torch.ones(3)], math.nan)
+    with pytest.raises(RuntimeError, match="gaps"):
+        torch.ops.fusedopt.total_norm([torch.ones(4, 4)[:, :2]], 2.0)
+    with pytest.raises(RuntimeError, match="expected float32 or float64"):
+        torch.ops.fusedopt.clip_by_total_norm_([torch.ones(3)], torch.tensor(1.0).half(), 1.0)
+    # foreach is accepted either way.
+    assert clip_grad_norm_([p], 10.0, foreach=True).item() == clip_grad_norm_([p], 10.0, foreach=False).item()
+
+
+def test_clip_grad_value():
+    ours = _params_with_grads(torch.float32, "cpu", seed=2)
+    theirs = _params_with_grads(torch.float32, "cpu", seed=2)
+    clip_grad_value_(ours, 0.7)
+    torch.nn.utils.clip_grad_value_(theirs, 0.7)
+    for a, b in zip(ours, theirs):
+        if a.grad is not None:
+            assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    tensors = [make_tensor((5, 3), torch.float32, device), make_tensor((7,), torch.float16, device, "offset"),
+               make_tensor((), torch.bfloat16, device), make_tensor((0,), torch.float64, device)]
+    for p in (2.0, INF, 1.0, 0.5):
+        torch.library.opcheck(torch.ops.fusedopt.total_norm.default, (tensors, p))
+    norm = torch.ops.fusedopt.total_norm(tensors, 2.0)
+    torch.library.opcheck(torch.ops.fusedopt.clip_by_total_norm_.default,
+                          ([t.clone() for t in tensors], norm, 0.5))
+
+
+# ---- clipping folded into fusedopt.optim.SGD ---------------------------------------------------------
+
+
+def _sgd_pair(dtype, device, seed, nonempty=False):
+    ps = _params_with_grads(dtype, device, seed, none_every=7, nonempty=nonempty)
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    for p, q in zip(ps, qs):
+        if p.grad is not None:
+            q.grad = p.grad.clone()
+    return ps, qs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [2.0, 1.0, INF])
+@pytest.mark.parametrize("max_norm", [0.3, 1e9])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_folded_clipping(device, dtype, p, max_norm, momentum):
+    """SGD(max_grad_norm=...) against clip_grad_norm_ + torch.optim.SGD. The clip coefficient reaches
+    the kernel folded into a float32 divisor, so float64 params/grads agree to float32 precision."""
+    ours, theirs = _sgd_pair(dtype, device, seed=4, nonempty=p == INF)
+    tol = TOL[torch.float32]
+    opt = fusedopt.optim.SGD(ours, lr=0.1, momentum=momentum, max_grad_norm=max_norm, grad_norm_type=p)
+    ref = torch.optim.SGD(theirs, lr=0.1, momentum=momentum)
+    for step in range(3):
+        if step:
+            for a, b in zip(ours, theirs):
+                if a.grad is not None:
+                    g = torch.randn_like(a) * 2
+                    a.grad.copy_(g)
+                    b.grad.copy_(g)
+        opt.step()
+        n = torch.nn.utils.clip_grad_norm_(theirs, max_norm, p)
+        ref.step()
+        torch.testing.assert_close(opt.last_grad_norm.double(), n.double(), **_norm_tol([dtype], p))
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a.detach().double(), b.detach().double(), **tol)
+            if a.grad is not None:  # grads left clipped, as torch's
+                torch.testing.assert_close(a.grad.double(), b.grad.double(), **tol)
+    assert set(opt.state_dict()["param_groups"][0]) == set(ref.state_dict()["param_groups"][0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])  # torch: no fp16 unscale
+def test_sgd_folded_clipping_with_grad_scaler(dtype):
+    ours, theirs = _sgd_pair(dtype, "cpu", seed=5)
+    opt = fusedopt.optim.SGD(ours, lr=0.1, momentum=0.9, max_grad_norm=0.5)
+    ref = torch.optim.SGD(theirs, lr=0.1, momentum=0.9)
+    s_ours = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    s_theirs = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    s_ours.scale(torch.ones(())), s_theirs.scale(torch.ones(()))  # creates the scale
+    for step in range(3):
+        for a, b in zip(ours, theirs):
+            if a.grad is not None:
+                g = torch.randn_like(a)
+                a.grad.copy_(g * 1024)
+                b.grad.copy_(g * 1024)
+        s_ours.step(opt)
+        s_ours.update()
+        s_theirs.unscale_(ref)
+        n = torch.nn.utils.clip_grad_norm_(theirs, 0.5)
+        s_theirs.step(ref)
+        s_theirs.update()
+        tol = _norm_tol([dtype], 2.0) if dtype in (torch.float32, torch.float64) else TOL[dtype]
+        torch.testing.assert_close(opt.last_grad_norm.double(), n.double(), **tol)
+        cmp_dtype = torch.float32 if dtype == torch.float64 else dtype  # float32 folded divisor
+        for a, b in zip(ours, theirs):
+            assert_close(a, b, cmp_dtype)
+            if a.grad is not None:
+                assert_close(a.grad, b.grad, cmp_dtype)
+
+
+def test_sgd_folded_clipping_skipped_step():
+    ours, _ = _sgd_pair(torch.float32, "cpu", seed=6)
+    before = [p.detach().clone() for p in ours]
+    grads_before = [p.grad.clone() if p.grad is not None else None for p in ours]
+    opt = fusedopt.optim.SGD(ours, lr=0.1, max_grad_norm=1.0)
+    next(p for p in ours if p.grad is not None and p.numel() > 1).grad.view(-1)[0] = INF
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    scaler.scale(torch.ones(()))
+    scaler.step(opt)
+    assert all(torch.equal(a, b) for a, b in zip(ours, before))
+    assert opt.last_grad_norm.isinf()
+
+
+def test_sgd_clipping_options():
+    ps = [torch.nn.Parameter(torch.ones(2))]
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        fusedopt.optim.SGD(ps, lr=0.1, max_grad_norm=-1.0)
+    with pytest.raises(ValueError, match="could not convert"):
+        fusedopt.optim.SGD(ps, lr=0.1, max_grad_norm=1.0, grad_norm_type="x")
+    opt = fusedopt.optim.SGD(ps, lr=0.1)
+    assert opt.max_grad_norm is None
+    opt.step()  # no grads
+    opt2 = fusedopt.optim.SGD(ps, lr=0.1, max_grad_norm=1.0)
+    opt2.step()
+    assert opt2.last_grad_norm.item() == 0.0

@@ -1,0 +1,8 @@
+"""Drop-in replacements for ``torch.nn`` modules whose forward and backward run as fused kernels."""
+
+from . import functional
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
+from .convert import MODULE_MAP, convert_modules
+
+__all__ = ["functional", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "MODULE_MAP",
+           "convert_modules"]

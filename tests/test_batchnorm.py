@@ -31,7 +31,7 @@ HALF = (torch.float16, torch.bfloat16)
 # on AVX2), S == 1 (the rows walk for contiguous input).
 SHAPES = [
     (2, 3), (7, 1), (5, 19), (1, 4, 7), (3, 5, 9), (4, 1, 6), (2, 3, 4, 5), (1, 1, 3, 3), (4, 17, 5, 7),
-    (3, 33, 2, 3), (1, 2, 1, 1), (2, 3, 2, 3, 4), (2, 20, 3, 1, 5), (1, 9, 2, 2, 2),
+    (3, 33, 2, 3), (2, 2, 1, 1), (2, 3, 2, 3, 4), (2, 20, 3, 1, 5), (1, 9, 2, 2, 2),
 ]
 LAYOUTS = ["contiguous", "channels_last", "strided", "offset"]
 MODULES = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}

@@ -6,6 +6,8 @@
 //   partials that are merged in a fixed order afterwards (same result for the same thread count).
 // Statistics are exact-minded: each block of values gets its mean and m2 in two passes over data
 // still in L1 (one pass over memory), and blocks are combined with Chan's merge (fusedopt/batch_norm.h).
+// Values are shifted by the channel's first value before any of this (x - shift is exact for data
+// near it), so the rounding of the many merges is relative to the spread, not to a large mean.
 #include <algorithm>
 #include <vector>
 
@@ -51,6 +53,7 @@ struct RunStats {
   using IO = VecIO<scalar_t>;
   using opmath_t = typename IO::opmath_t;
   using V = Vectorized<opmath_t>;
+  opmath_t shift = 0;  // subtracted from every value; mean is of x - shift
   opmath_t mean = 0, m2 = 0;
   int64_t count = 0;
 
@@ -61,26 +64,27 @@ struct RunStats {
       const int64_t n = std::min(kStatsBlock, len - b);
       const scalar_t* q = p + b;
       const int64_t full = n / kStep * kStep;
+      const V vshift(shift);
       V acc(0);
       for (int64_t i = 0; i < full; i += kStep) {
         IO::load(q + i, v, kStep);
-        for (int k = 0; k < IO::kParts; ++k) acc = acc + v[k];
+        for (int k = 0; k < IO::kParts; ++k) acc = acc + (v[k] - vshift);
       }
       opmath_t sum = hsum(acc);
-      for (int64_t i = full; i < n; ++i) sum += static_cast<opmath_t>(q[i]);
+      for (int64_t i = full; i < n; ++i) sum += static_cast<opmath_t>(q[i]) - shift;
       const opmath_t block_mean = sum / static_cast<opmath_t>(n);
       const V vmean(block_mean);
       V sq(0);
       for (int64_t i = 0; i < full; i += kStep) {
         IO::load(q + i, v, kStep);
         for (int k = 0; k < IO::kParts; ++k) {
-          const V d = v[k] - vmean;
+          const V d = (v[k] - vshift) - vmean;
           sq = at::vec::fmadd(d, d, sq);
         }
       }
       opmath_t block_m2 = hsum(sq);
       for (int64_t i = full; i < n; ++i) {
-        const opmath_t d = static_cast<opmath_t>(q[i]) - block_mean;
+        const opmath_t d = (static_cast<opmath_t>(q[i]) - shift) - block_mean;
         block_m2 += d * d;
       }
       chan_merge(mean, m2, count, block_mean, block_m2, n);
@@ -105,14 +109,16 @@ inline int64_t row_chunks(int64_t rows, int64_t C) {
 template <typename scalar_t>
 void stats_nchw(const BnLayout& l, typename VecIO<scalar_t>::opmath_t* mean,
                 typename VecIO<scalar_t>::opmath_t* var) {
+  using opmath_t = typename VecIO<scalar_t>::opmath_t;
   const scalar_t* x = l.input.const_data_ptr<scalar_t>();
   const int64_t N = l.N, C = l.C, S = l.S;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, N * S));
   at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       RunStats<scalar_t> st;
+      if (N > 0 && S > 0) st.shift = static_cast<opmath_t>(x[c * S]);
       for (int64_t n = 0; n < N; ++n) st.add_run(x + (n * C + c) * S, S);
-      finish_stats(st.mean, st.m2, st.count, mean + c, var + c);
+      finish_stats(st.shift + st.mean, st.m2, st.count, mean + c, var + c);
     }
   });
 }
@@ -129,6 +135,8 @@ void stats_nhwc(const BnLayout& l, typename VecIO<scalar_t>::opmath_t* mean,
   const int64_t chunks = row_chunks(rows, C);
   std::vector<opmath_t> part_mean(chunks * C, 0), part_m2(chunks * C, 0);
   std::vector<int64_t> part_count(chunks, 0);
+  std::vector<opmath_t> shift(C, 0);  // the first row
+  for (int64_t c = 0; rows > 0 && c < C; ++c) shift[c] = static_cast<opmath_t>(x[c]);
   at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
     V v[IO::kParts];
     for (int64_t k = k0; k < k1; ++k) {
@@ -143,17 +151,20 @@ void stats_nhwc(const BnLayout& l, typename VecIO<scalar_t>::opmath_t* mean,
         int64_t j = 0;
         for (; j < C; j += kStep) {
           const int64_t width = std::min(kStep, C - j);
-          V sum[IO::kParts], sq[IO::kParts];
-          for (int p = 0; p < IO::kParts; ++p) sum[p] = sq[p] = V(0);
+          V sum[IO::kParts], sq[IO::kParts], sh[IO::kParts];
+          for (int p = 0; p < IO::kParts; ++p) {
+            sum[p] = sq[p] = V(0);
+            sh[p] = load_channels<V>(shift.data(), j + p * V::size(), C);
+          }
           for (int64_t r = 0; r < nr; ++r) {
             IO::load(block + r * C + j, v, width);
-            for (int p = 0; p < IO::kParts; ++p) sum[p] = sum[p] + v[p];
+            for (int p = 0; p < IO::kParts; ++p) sum[p] = sum[p] + (v[p] - sh[p]);
           }
           for (int p = 0; p < IO::kParts; ++p) {
             const V bmean = sum[p] * V(inv_nr);
             for (int64_t r = 0; r < nr; ++r) {
               IO::load(block + r * C + j, v, width);  // from L1: this block was just read
-              const V d = v[p] - bmean;
+              const V d = (v[p] - sh[p]) - bmean;
               sq[p] = at::vec::fmadd(d, d, sq[p]);
             }
             const int64_t jp = j + p * V::size();
@@ -176,7 +187,7 @@ void stats_nhwc(const BnLayout& l, typename VecIO<scalar_t>::opmath_t* mean,
     opmath_t m = 0, m2 = 0;
     int64_t n = 0;
     for (int64_t k = 0; k < chunks; ++k) chan_merge(m, m2, n, part_mean[k * C + c], part_m2[k * C + c], part_count[k]);
-    finish_stats(m, m2, n, mean + c, var + c);
+    finish_stats(shift[c] + m, m2, n, mean + c, var + c);
   }
 }
 

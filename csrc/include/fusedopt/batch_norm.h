@@ -2,6 +2,9 @@
 // (T = at::vec::Vectorized<float/double>, one SIMD register of channels or elements) and the CUDA
 // kernels (T = float/double). Counts are int64 everywhere; they turn into the math type only inside
 // ratios, so that merging millions of values loses nothing to a float count.
+//
+// Kernels feed these combiners x - shift, with shift the channel's first value, and add shift back to
+// the final mean: the rounding of many merges is then relative to the data's spread, not its mean.
 #pragma once
 
 #include <cstdint>

@@ -1,1 +1,9 @@
-from . import utils  # noqa: F401
+"""Drop-in replacements for ``torch.nn`` modules whose forward and backward run as fused kernels, and
+``fusedopt.nn.utils`` (gradient clipping)."""
+
+from . import functional, utils
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
+from .convert import MODULE_MAP, convert_modules
+
+__all__ = ["functional", "utils", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
+           "MODULE_MAP", "convert_modules"]

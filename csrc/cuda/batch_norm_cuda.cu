@@ -1,0 +1,340 @@
+// fusedopt::batch_norm_* on CUDA: small conventional kernels around the shared math in
+// fusedopt/batch_norm.h.
+//
+// Reductions (statistics; the two backward sums) run in two launches: a partial kernel where each
+// channel is spread over P blocks (P large when C is small, so a few channels still fill the GPU), each
+// block writing one partial per channel, then a merge kernel combining a channel's P partials in a
+// fixed order (deterministic, no atomics). Two partial kernels walk the two layouts:
+//   N x C x S: grid (C, P), a block's threads stride over the channel's N * S values;
+//   rows x C (channels last): grid (ceil(C / 32), P), blocks of 32 channels x 8 rows, so a warp reads
+//   32 consecutive channels of one row.
+// The elementwise kernels are grid-stride loops that find each element's channel from its index.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "common/batch_norm_checks.h"
+#include "fusedopt/batch_norm.h"
+
+namespace fusedopt::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTileChannels = 32;
+constexpr int kTileRows = kThreads / kTileChannels;
+constexpr int kMaxPartials = 1024;
+
+// Welford state of values shifted by their channel's first value (see fusedopt/batch_norm.h).
+template <typename opmath_t>
+struct WelfordAcc {
+  opmath_t shift, mean, m2;
+  int64_t count;
+  __device__ void add(opmath_t x, opmath_t /*dy*/) {
+    ++count;
+    welford_add(mean, m2, count, x - shift);
+  }
+  __device__ void merge(const WelfordAcc& o) { chan_merge(mean, m2, count, o.mean, o.m2, o.count); }
+};
+
+template <typename scalar_t, typename opmath_t>
+struct MakeWelford {
+  const scalar_t* x;
+  int64_t shift_stride;  // the channel's first value is x[c * shift_stride]
+  bool empty;
+  __device__ WelfordAcc<opmath_t> operator()(int64_t c) const {
+    return {empty ? opmath_t(0) : static_cast<opmath_t>(x[c * shift_stride]), opmath_t(0), opmath_t(0), 0};
+  }
+};
+
+// sum(dy) and sum(dy * (x - mean)) of one channel.
+template <typename opmath_t>
+struct SumsAcc {
+  opmath_t mean, sum_dy, sum_dy_xmu;
+  __device__ void add(opmath_t x, opmath_t dy) {
+    sum_dy += dy;
+    sum_dy_xmu = MathOps<opmath_t>::fma(dy, x - mean, sum_dy_xmu);
+  }
+  __device__ void merge(const SumsAcc& o) {
+    sum_dy += o.sum_dy;
+    sum_dy_xmu += o.sum_dy_xmu;
+  }
+};
+
+template <typename opmath_t>
+struct MakeSums {
+  const opmath_t* mean;
+  __device__ SumsAcc<opmath_t> operator()(int64_t c) const { return {mean[c], opmath_t(0), opmath_t(0)}; }
+};
+
+template <typename scalar_t, typename opmath_t>
+__device__ __forceinline__ opmath_t load_dy(const scalar_t* dy, int64_t i) {
+  return dy ? static_cast<opmath_t>(dy[i]) : opmath_t(0);
+}
+
+template <typename scalar_t, typename opmath_t, typename Acc, typename Make>
+__global__ void partials_nchw(const scalar_t* x, const scalar_t* dy, int64_t N, int64_t C, int64_t S, Make make,
+                              Acc* partials) {
+  __shared__ alignas(16) unsigned char raw[kThreads * sizeof(Acc)];
+  Acc* shared = reinterpret_cast<Acc*>(raw);
+  const int64_t c = blockIdx.x;
+  const int64_t P = gridDim.y;
+  Acc acc = make(c);
+  const int64_t total = N * S;
+  for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < total; i += P * blockDim.x) {
+    const int64_t n = i / S;
+    const int64_t idx = (n * C + c) * S + (i - n * S);
+    acc.add(static_cast<opmath_t>(x[idx]), load_dy<scalar_t, opmath_t>(dy, idx));
+  }
+  shared[threadIdx.x] = acc;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {  // fixed tree: deterministic
+    if (threadIdx.x < half) shared[threadIdx.x].merge(shared[threadIdx.x + half]);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partials[c * P + blockIdx.y] = shared[0];
+}
+
+template <typename scalar_t, typename opmath_t, typename Acc, typename Make>
+__global__ void partials_nhwc(const scalar_t* x, const scalar_t* dy, int64_t rows, int64_t C, Make make,
+                              Acc* partials) {
+  __shared__ alignas(16) unsigned char raw[kThreads * sizeof(Acc)];
+  Acc* shared = reinterpret_cast<Acc*>(raw);
+  const int64_t c = blockIdx.x * int64_t(kTileChannels) + threadIdx.x;
+  const int64_t P = gridDim.y;
+  Acc acc = make(c < C ? c : 0);
+  if (c < C) {
+    for (int64_t r = blockIdx.y * int64_t(kTileRows) + threadIdx.y; r < rows; r += P * kTileRows) {
+      acc.add(static_cast<opmath_t>(x[r * C + c]), load_dy<scalar_t, opmath_t>(dy, r * C + c));
+    }
+  }
+  shared[threadIdx.y * kTileChannels + threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    for (int k = 1; k < kTileRows; ++k) acc.merge(shared[k * kTileChannels + threadIdx.x]);
+    partials[c * P + blockIdx.y] = acc;
+  }
+}
+
+template <typename opmath_t>
+struct FinishStats {
+  opmath_t* mean;
+  opmath_t* var;
+  __device__ void operator()(int64_t c, const WelfordAcc<opmath_t>& a) const {
+    const opmath_t nan = std::numeric_limits<opmath_t>::quiet_NaN();
+    mean[c] = a.count > 0 ? a.shift + a.mean : nan;
+    var[c] = a.count > 0 ? a.m2 / static_cast<opmath_t>(a.count) : nan;
+  }
+};
+
+template <typename opmath_t>
+struct FinishSums {
+  opmath_t* sum_dy;
+  opmath_t* sum_dy_xmu;
+  __device__ void operator()(int64_t c, const SumsAcc<opmath_t>& a) const {
+    sum_dy[c] = a.sum_dy;
+    sum_dy_xmu[c] = a.sum_dy_xmu;
+  }
+};
+
+template <typename Acc, typename Finish>
+__global__ void merge_partials(const Acc* partials, int64_t C, int64_t P, Finish finish) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  Acc acc = partials[c * P];
+  for (int64_t p = 1; p < P; ++p) acc.merge(partials[c * P + p]);
+  finish(c, acc);
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// One reduction over every channel: partial kernel for the layout, then the merge.
+template <typename scalar_t, typename opmath_t, typename Acc, typename Make, typename Finish>
+void reduce_channels(const BnLayout& l, const scalar_t* dy, Make make, Finish finish) {
+  const scalar_t* x = l.input.const_data_ptr<scalar_t>();
+  const int64_t C = l.C;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t target_blocks = 4 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  int64_t P;
+  if (l.channels_last) {
+    const int64_t tiles = ceil_div(C, kTileChannels);
+    P = std::clamp<int64_t>(ceil_div(target_blocks, tiles), 1, std::min<int64_t>(kMaxPartials, std::max<int64_t>(1, ceil_div(l.rows(), 4 * kTileRows))));
+  } else {
+    P = std::clamp<int64_t>(ceil_div(target_blocks, C), 1, std::min<int64_t>(kMaxPartials, std::max<int64_t>(1, ceil_div(l.count(), 4 * kThreads))));
+  }
+  at::Tensor buffer = at::empty({C * P * int64_t(sizeof(Acc))}, l.input.options().dtype(at::kByte));
+  Acc* partials = reinterpret_cast<Acc*>(buffer.data_ptr());
+  if (l.channels_last) {
+    const dim3 grid(ceil_div(C, kTileChannels), P), block(kTileChannels, kTileRows);
+    partials_nhwc<scalar_t, opmath_t><<<grid, block, 0, stream>>>(x, dy, l.rows(), C, make, partials);
+  } else {
+    const dim3 grid(C, P);
+    partials_nchw<scalar_t, opmath_t><<<grid, kThreads, 0, stream>>>(x, dy, l.N, C, l.S, make, partials);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  merge_partials<<<ceil_div(C, kThreads), kThreads, 0, stream>>>(partials, C, P, finish);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <bool kChannelsLast>
+__device__ __forceinline__ int64_t channel_of(int64_t i, int64_t C, int64_t S) {
+  return kChannelsLast ? i % C : (i / S) % C;
+}
+
+template <typename scalar_t, typename opmath_t, bool kChannelsLast>
+__global__ void elemt_kernel(const scalar_t* x, scalar_t* y, int64_t numel, int64_t C, int64_t S,
+                             const opmath_t* mean, const opmath_t* var, const opmath_t* weight,
+                             const opmath_t* bias, double eps) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = channel_of<kChannelsLast>(i, C, S);
+    const auto k = bn_forward_coeffs<opmath_t>(mean[c], var[c], eps, weight ? weight + c : nullptr,
+                                               bias ? bias + c : nullptr);
+    y[i] = static_cast<scalar_t>(bn_forward(static_cast<opmath_t>(x[i]), k.mean, k.scale, k.shift));
+  }
+}
+
+template <typename scalar_t, typename opmath_t, bool kChannelsLast>
+__global__ void backward_elemt_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* gi, int64_t numel, int64_t C,
+                                      int64_t S, const opmath_t* mean, const opmath_t* var, const opmath_t* weight,
+                                      const opmath_t* sum_dy, const opmath_t* sum_dy_xmu, int64_t count, double eps) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = channel_of<kChannelsLast>(i, C, S);
+    const auto k = bn_backward_coeffs<opmath_t>(mean[c], var[c], eps, weight ? weight + c : nullptr, sum_dy[c],
+                                                sum_dy_xmu[c], count);
+    gi[i] = static_cast<scalar_t>(bn_backward(static_cast<opmath_t>(dy[i]), static_cast<opmath_t>(x[i]), k.mean,
+                                              k.mean_dy, k.xmu_coeff, k.scale));
+  }
+}
+
+dim3 elementwise_grid(int64_t numel) {
+  const int64_t max_blocks = 8 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  return dim3(static_cast<unsigned>(std::clamp<int64_t>(ceil_div(numel, kThreads), 1, max_blocks)));
+}
+
+template <typename T>
+const T* opt_ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
+}
+
+std::optional<at::Tensor> dense(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
+
+at::Tensor param_empty(const BnLayout& l) {
+  return at::empty({l.C}, l.input.options().dtype(bn_param_dtype(l.input.scalar_type())));
+}
+
+#define FUSEDOPT_BN_DISPATCH(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input) {
+  const BnLayout l = bn_layout(input, "fusedopt::batch_norm_stats");
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor mean = param_empty(l), var = param_empty(l);
+  FUSEDOPT_BN_DISPATCH(input.scalar_type(), "fusedopt.batch_norm_stats", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const MakeWelford<scalar_t, opmath_t> make{l.input.const_data_ptr<scalar_t>(), l.channels_last ? 1 : l.S,
+                                               l.count() == 0};
+    reduce_channels<scalar_t, opmath_t, WelfordAcc<opmath_t>>(
+        l, nullptr, make, FinishStats<opmath_t>{mean.data_ptr<opmath_t>(), var.data_ptr<opmath_t>()});
+  });
+  return {mean, var};
+}
+
+at::Tensor batch_norm_elemt_cuda(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var,
+                                 double eps) {
+  constexpr const char* op = "fusedopt::batch_norm_elemt";
+  const BnLayout l = bn_layout(input, op);
+  check_bn_param(weight, l, op, "weight");
+  check_bn_param(bias, l, op, "bias");
+  check_bn_param(mean, l, op, "mean");
+  check_bn_param(var, l, op, "var");
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor out = bn_empty_like(l);
+  const int64_t numel = l.input.numel();
+  if (numel == 0) return out;
+  const auto w = dense(weight), b = dense(bias);
+  const at::Tensor m = mean.contiguous(), v = var.contiguous();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  FUSEDOPT_BN_DISPATCH(input.scalar_type(), "fusedopt.batch_norm_elemt", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    auto launch = [&](auto kernel) {
+      kernel<<<elementwise_grid(numel), kThreads, 0, stream>>>(
+          l.input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), numel, l.C, l.S, m.const_data_ptr<opmath_t>(),
+          v.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(w), opt_ptr<opmath_t>(b), eps);
+    };
+    if (l.channels_last) launch(elemt_kernel<scalar_t, opmath_t, true>);
+    else launch(elemt_kernel<scalar_t, opmath_t, false>);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce_cuda(const at::Tensor& grad_output,
+                                                                   const at::Tensor& input, const at::Tensor& mean) {
+  constexpr const char* op = "fusedopt::batch_norm_backward_reduce";
+  const BnLayout l = bn_layout(input, op);
+  const at::Tensor dy = bn_match_layout(grad_output, l, op, "grad_output");
+  check_bn_param(mean, l, op, "mean");
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor sum_dy = param_empty(l), sum_dy_xmu = param_empty(l);
+  const at::Tensor m = mean.contiguous();
+  FUSEDOPT_BN_DISPATCH(input.scalar_type(), "fusedopt.batch_norm_backward_reduce", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    reduce_channels<scalar_t, opmath_t, SumsAcc<opmath_t>>(
+        l, dy.const_data_ptr<scalar_t>(), MakeSums<opmath_t>{m.const_data_ptr<opmath_t>()},
+        FinishSums<opmath_t>{sum_dy.data_ptr<opmath_t>(), sum_dy_xmu.data_ptr<opmath_t>()});
+  });
+  return {sum_dy, sum_dy_xmu};
+}
+
+at::Tensor batch_norm_backward_elemt_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                          const std::optional<at::Tensor>& weight, const at::Tensor& mean,
+                                          const at::Tensor& var, const at::Tensor& sum_dy,
+                                          const at::Tensor& sum_dy_xmu, int64_t count, double eps) {
+  constexpr const char* op = "fusedopt::batch_norm_backward_elemt";
+  const BnLayout l = bn_layout(input, op);
+  const at::Tensor dy = bn_match_layout(grad_output, l, op, "grad_output");
+  check_bn_param(weight, l, op, "weight");
+  check_bn_param(mean, l, op, "mean");
+  check_bn_param(var, l, op, "var");
+  check_bn_param(sum_dy, l, op, "sum_dy");
+  check_bn_param(sum_dy_xmu, l, op, "sum_dy_xmu");
+  TORCH_CHECK(count > 0 || l.count() == 0, op, ": count must be positive, got ", count);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor grad_in = bn_empty_like(l);
+  const int64_t numel = l.input.numel();
+  if (numel == 0) return grad_in;
+  const auto w = dense(weight);
+  const at::Tensor m = mean.contiguous(), v = var.contiguous(), s1 = sum_dy.contiguous(), s2 = sum_dy_xmu.contiguous();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  FUSEDOPT_BN_DISPATCH(input.scalar_type(), "fusedopt.batch_norm_backward_elemt", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    auto launch = [&](auto kernel) {
+      kernel<<<elementwise_grid(numel), kThreads, 0, stream>>>(
+          dy.const_data_ptr<scalar_t>(), l.input.const_data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), numel, l.C,
+          l.S, m.const_data_ptr<opmath_t>(), v.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(w),
+          s1.const_data_ptr<opmath_t>(), s2.const_data_ptr<opmath_t>(), count, eps);
+    };
+    if (l.channels_last) launch(backward_elemt_kernel<scalar_t, opmath_t, true>);
+    else launch(backward_elemt_kernel<scalar_t, opmath_t, false>);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_in;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
+  m.impl("batch_norm_stats", &batch_norm_stats_cuda);
+  m.impl("batch_norm_elemt", &batch_norm_elemt_cuda);
+  m.impl("batch_norm_backward_reduce", &batch_norm_backward_reduce_cuda);
+  m.impl("batch_norm_backward_elemt", &batch_norm_backward_elemt_cuda);
+}
+
+}  // namespace fusedopt::cuda

@@ -1,0 +1,24 @@
+#include "schemas/schemas.h"
+
+namespace fusedopt::schemas {
+
+// Batch norm in the four steps that SyncBatchNorm needs apart (statistics can be merged across ranks
+// between the two forward ops, and the two sums between the two backward ops). Inputs are (N, C, *)
+// in float32/float64/float16/bfloat16; per-channel tensors (weight, bias, mean, var, sums) are 1-d of C
+// values in float32, or float64 for float64 inputs. Outputs keep the input's memory format.
+void define_batch_norm_ops(torch::Library& m) {
+  // Per-channel mean and biased variance over the N * prod(spatial) values of each channel
+  // (NaN for a channel with no values).
+  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  // y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (weight, bias optional).
+  m.def("batch_norm_elemt(Tensor input, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, float eps) -> Tensor");
+  // sum_dy = sum(grad_output), sum_dy_xmu = sum(grad_output * (input - mean)), per channel.
+  m.def("batch_norm_backward_reduce(Tensor grad_output, Tensor input, Tensor mean) -> (Tensor sum_dy, Tensor sum_dy_xmu)");
+  // grad_input of training-mode batch norm whose statistics came from `count` values per channel
+  // (the global count under SyncBatchNorm), given the two sums over those values.
+  m.def(
+      "batch_norm_backward_elemt(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, Tensor var, "
+      "Tensor sum_dy, Tensor sum_dy_xmu, int count, float eps) -> Tensor");
+}
+
+}  // namespace fusedopt::schemas

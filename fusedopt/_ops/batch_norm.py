@@ -1,0 +1,75 @@
+"""Batch norm ops: fake implementations for torch.compile and typed wrappers. Schemas are in
+csrc/schemas/batch_norm.cpp; the autograd and module layers are in fusedopt/nn."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def param_dtype(input: Tensor) -> torch.dtype:
+    """dtype of statistics, weights and per-channel sums for an input of input.dtype."""
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def _output_like(input: Tensor) -> Tensor:
+    # The kernels keep contiguous and channels-last inputs' layouts; any other strides are made
+    # contiguous first.
+    if input.is_contiguous():
+        fmt = torch.contiguous_format
+    elif input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+        fmt = torch.channels_last
+    elif input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+        fmt = torch.channels_last_3d
+    else:
+        fmt = torch.contiguous_format
+    return torch.empty_like(input, memory_format=fmt)
+
+
+def _per_channel(input: Tensor) -> Tensor:
+    return input.new_empty((input.shape[1],), dtype=param_dtype(input))
+
+
+@torch.library.register_fake("fusedopt::batch_norm_stats")
+def _stats_fake(input):
+    torch._check(input.dim() >= 2, lambda: "batch_norm_stats: input must have at least 2 dimensions")
+    return _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("fusedopt::batch_norm_elemt")
+def _elemt_fake(input, weight, bias, mean, var, eps):
+    return _output_like(input)
+
+
+@torch.library.register_fake("fusedopt::batch_norm_backward_reduce")
+def _backward_reduce_fake(grad_output, input, mean):
+    return _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("fusedopt::batch_norm_backward_elemt")
+def _backward_elemt_fake(grad_output, input, weight, mean, var, sum_dy, sum_dy_xmu, count, eps):
+    return _output_like(input)
+
+
+def batch_norm_stats(input: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel (mean, biased variance) of an (N, C, *) input."""
+    return torch.ops.fusedopt.batch_norm_stats(input)
+
+
+def batch_norm_elemt(input: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, var: Tensor,
+                     eps: float) -> Tensor:
+    """(input - mean) / sqrt(var + eps) * weight + bias, per channel."""
+    return torch.ops.fusedopt.batch_norm_elemt(input, weight, bias, mean, var, eps)
+
+
+def batch_norm_backward_reduce(grad_output: Tensor, input: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel (sum(grad_output), sum(grad_output * (input - mean)))."""
+    return torch.ops.fusedopt.batch_norm_backward_reduce(grad_output, input, mean)
+
+
+def batch_norm_backward_elemt(grad_output: Tensor, input: Tensor, weight: Tensor | None, mean: Tensor,
+                              var: Tensor, sum_dy: Tensor, sum_dy_xmu: Tensor, count: int,
+                              eps: float) -> Tensor:
+    """grad_input of training-mode batch norm over `count` values per channel."""
+    return torch.ops.fusedopt.batch_norm_backward_elemt(grad_output, input, weight, mean, var, sum_dy,
+                                                        sum_dy_xmu, count, eps)

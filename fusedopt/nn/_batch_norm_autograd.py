@@ -1,0 +1,150 @@
+"""Autograd of fusedopt's batch norm: local (training and eval) and synchronised across ranks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .._ops import batch_norm as ops
+
+
+def values_per_channel(input: Tensor) -> int:
+    return input.numel() // input.shape[1] if input.shape[1] else 0
+
+
+def verify_batch_size(size: torch.Size) -> None:
+    """torch's check that training statistics have more than one value per channel."""
+    size_prods = size[0]
+    for i in range(len(size) - 2):
+        size_prods *= size[i + 2]
+    if size_prods == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+
+
+@torch.no_grad()
+def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor, var: Tensor,
+                         count: int, momentum: float) -> None:
+    """torch's running-statistics rule: an exponential average of the batch mean and the unbiased
+    batch variance (var * count / (count - 1))."""
+    if running_mean is not None:
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+    if running_var is not None:
+        unbiased = var * (count / (count - 1)) if count > 1 else var
+        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+def _grads_of_params(ctx, sum_dy: Tensor, sum_dy_xmu: Tensor, var: Tensor, eps: float):
+    grad_weight = sum_dy_xmu * torch.rsqrt(var + eps) if ctx.needs_input_grad[1] else None
+    grad_bias = sum_dy if ctx.needs_input_grad[2] else None
+    return grad_weight, grad_bias
+
+
+class BatchNormTrain(torch.autograd.Function):
+    """Training mode on one process: batch statistics, then normalise; returns (out, mean, var)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, eps):
+        mean, var = ops.batch_norm_stats(input)
+        out = ops.batch_norm_elemt(input, weight, bias, mean, var, eps)
+        ctx.save_for_backward(input, weight, mean, var)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        input, weight, mean, var = ctx.saved_tensors
+        sum_dy, sum_dy_xmu = ops.batch_norm_backward_reduce(grad_out, input, mean)
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            grad_input = ops.batch_norm_backward_elemt(grad_out, input, weight, mean, var, sum_dy, sum_dy_xmu,
+                                                       values_per_channel(input), ctx.eps)
+        return (grad_input, *_grads_of_params(ctx, sum_dy, sum_dy_xmu, var, ctx.eps), None)
+
+
+class BatchNormEval(torch.autograd.Function):
+    """Normalisation with fixed statistics (eval mode): an affine map per channel."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, mean, var, eps):
+        ctx.save_for_backward(input, weight, mean, var)
+        ctx.eps = eps
+        return ops.batch_norm_elemt(input, weight, bias, mean, var, eps)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        input, weight, mean, var = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # d/dx = weight * invstd: the forward map with mean 0 and no bias, applied to grad_out.
+            grad_input = ops.batch_norm_elemt(grad_out, weight, None, torch.zeros_like(mean), var, ctx.eps)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            sum_dy, sum_dy_xmu = ops.batch_norm_backward_reduce(grad_out, input, mean)
+            grad_weight, grad_bias = _grads_of_params(ctx, sum_dy, sum_dy_xmu, var, ctx.eps)
+        return grad_input, grad_weight, grad_bias, None, None, None
+
+
+def merge_rank_stats(means: Tensor, vars: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Combines per-rank (mean, biased var, count) rows into the statistics of all values, exactly as
+    if one process had seen the whole batch: Chan's merge in closed form, in float64, with no sum of
+    squares (no cancellation). Ranks with no values count for nothing."""
+    counts = counts.to(torch.float64).reshape(-1, 1)
+    present = counts > 0
+    means = torch.where(present, means.to(torch.float64), 0.0)
+    vars = torch.where(present, vars.to(torch.float64), 0.0)
+    total = counts.sum()
+    mean = (counts * means).sum(0) / total
+    m2 = (counts * vars).sum(0) + (counts * (means - mean) ** 2).sum(0)
+    return mean, m2 / total, int(total.item())
+
+
+class SyncBatchNormTrain(torch.autograd.Function):
+    """Training mode across the ranks of a process group: local statistics, all-gathered and merged
+    with their counts (uneven batches are exact); backward all-reduces the two per-channel sums."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, eps, momentum, process_group, world_size):
+        import torch.distributed as dist
+
+        C = input.shape[1]
+        local_count = values_per_channel(input)
+        if local_count > 0:
+            mean, var = ops.batch_norm_stats(input)
+        else:
+            mean = var = input.new_zeros((C,), dtype=ops.param_dtype(input))
+        row = torch.cat([mean.double(), var.double(), mean.new_full((1,), local_count, dtype=torch.float64)])
+        rows = [torch.empty_like(row) for _ in range(world_size)]
+        dist.all_gather(rows, row, group=process_group)
+        table = torch.stack(rows)
+        g_mean, g_var, count = merge_rank_stats(table[:, :C], table[:, C:2 * C], table[:, 2 * C])
+        if count == 1:
+            raise ValueError("Expected more than 1 value per channel when training, got a global batch of "
+                             "1 value per channel")
+        pdtype = ops.param_dtype(input)
+        g_mean, g_var = g_mean.to(pdtype), g_var.to(pdtype)
+        update_running_stats(running_mean, running_var, g_mean, g_var, count, momentum)
+        out = ops.batch_norm_elemt(input, weight, bias, g_mean, g_var, eps)
+        ctx.save_for_backward(input, weight, g_mean, g_var)
+        ctx.eps, ctx.count, ctx.process_group = eps, count, process_group
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        import torch.distributed as dist
+
+        input, weight, mean, var = ctx.saved_tensors
+        C = input.shape[1]
+        sum_dy, sum_dy_xmu = ops.batch_norm_backward_reduce(grad_out, input, mean)
+        # weight/bias grads stay local, as torch's SyncBatchNorm: DDP reduces parameter grads itself.
+        grad_weight, grad_bias = _grads_of_params(ctx, sum_dy, sum_dy_xmu, var, ctx.eps)
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            sums = torch.cat([sum_dy, sum_dy_xmu])
+            dist.all_reduce(sums, group=ctx.process_group)
+            grad_input = ops.batch_norm_backward_elemt(grad_out, input, weight, mean, var, sums[:C], sums[C:],
+                                                       ctx.count, ctx.eps)
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None

@@ -1,0 +1,400 @@
+"""fusedopt.nn.BatchNorm*d, fusedopt.nn.functional.batch_norm and the torch.ops.fusedopt.batch_norm_*
+ops against torch.nn.BatchNorm*d."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import fusedopt
+import fusedopt.nn as fnn
+from conftest import DEVICES
+
+# Tolerances per dtype, for one forward/backward against torch:
+# float32: reduction orders differ (torch sums in double on CPU, we merge float blocks), a few ulps
+# of the outputs and ~1e-5 relative on sums over thousands of values;
+# float64: rounding only;
+# float16/bfloat16: both sides compute in float32 and round once on store, so one ulp of the stored
+# type (2**-10, 2**-7 relative) plus the float32 differences.
+TOL = {
+    torch.float32: dict(rtol=1e-4, atol=1e-5),
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float16: dict(rtol=4e-3, atol=4e-3),
+    torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
+}
+DTYPES = list(TOL)
+HALF = (torch.float16, torch.bfloat16)
+
+# (N, C, *spatial): N=1 with spatial > 1, C=1, odd sizes, C over one and several SIMD widths (8/16 lanes
+# on AVX2), S == 1 (the rows walk for contiguous input).
+SHAPES = [
+    (2, 3), (7, 1), (5, 19), (1, 4, 7), (3, 5, 9), (4, 1, 6), (2, 3, 4, 5), (1, 1, 3, 3), (4, 17, 5, 7),
+    (3, 33, 2, 3), (2, 2, 1, 1), (2, 3, 2, 3, 4), (2, 20, 3, 1, 5), (1, 9, 2, 2, 2),
+]
+LAYOUTS = ["contiguous", "channels_last", "strided", "offset"]
+MODULES = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
+FUSED = {torch.nn.BatchNorm1d: fnn.BatchNorm1d, torch.nn.BatchNorm2d: fnn.BatchNorm2d,
+         torch.nn.BatchNorm3d: fnn.BatchNorm3d}
+
+
+def make_input(shape, dtype, device, layout, gen, scale=1.0, shift=0.0):
+    """Random values in float64 rounded to dtype, in one of several memory layouts:
+    channels_last (channels_last(_3d) for 4-d/5-d; others contiguous), strided (every other element of
+    the last dim: neither layout, so the op makes it contiguous), offset (storage offset 1)."""
+    def rand(s):
+        return (torch.randn(s, dtype=torch.float64, generator=gen) * scale + shift).to(dtype)
+    if layout == "channels_last" and len(shape) in (4, 5):
+        fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+        return rand(shape).contiguous(memory_format=fmt).to(device)
+    if layout == "strided":
+        return rand((*shape[:-1], shape[-1] * 2)).to(device)[..., ::2]
+    if layout == "offset":
+        n = 1
+        for s in shape:
+            n *= s
+        return rand((n + 1,)).to(device)[1:].view(shape)
+    return rand(shape).to(device)
+
+
+def make_pair(shape, dtype, device, gen, **kwargs):
+    """torch's module and fusedopt's with the same random affine parameters and running stats."""
+    cls = MODULES[len(shape)]
+    ref = cls(shape[1], **kwargs).to(device)
+    with torch.no_grad():
+        if ref.affine:
+            ref.weight.copy_(torch.rand(shape[1], generator=gen) + 0.5)
+            ref.bias.copy_(torch.randn(shape[1], generator=gen))
+        if ref.track_running_stats:
+            ref.running_mean.copy_(torch.randn(shape[1], generator=gen))
+            ref.running_var.copy_(torch.rand(shape[1], generator=gen) + 0.5)
+    ours = FUSED[cls](shape[1], **kwargs).to(device)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def reference(ref, x, dtype):
+    """torch's module run on x; for half types run in float32 on the widened input (the math the
+    kernels do), outputs rounded back to dtype, so both sides differ only by the final rounding."""
+    if dtype in HALF:
+        return ref, x.float()
+    return ref, x
+
+
+def assert_close(actual, expected, dtype, msg=""):
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), **TOL[dtype], msg=msg)
+
+
+def run_train_step(ref, ours, x, dtype, gen):
+    x_ref = (x.float() if dtype in HALF else x).detach().requires_grad_()
+    x_ours = x.detach().requires_grad_()
+    out_ref = ref(x_ref)
+    out_ours = ours(x_ours)
+    assert out_ours.dtype == x.dtype and out_ours.shape == x.shape
+    dy = torch.randn(x.shape, dtype=torch.float64, generator=gen).to(dtype).to(x.device)
+    out_ref.backward(dy.to(out_ref.dtype))
+    out_ours.backward(dy)
+    assert_close(out_ours, out_ref.to(dtype), dtype, "output")
+    assert_close(x_ours.grad, x_ref.grad.to(dtype), dtype, "grad_input")
+    return out_ours
+
+
+def check_module_state(ref, ours, dtype):
+    # Parameters and buffers are float32 (float64 for float64 input) on both sides.
+    pt = TOL[torch.float64 if dtype == torch.float64 else torch.float32]
+    if dtype in HALF:
+        pt = dict(rtol=1e-3, atol=1e-3)  # sums of values rounded to half differ from float32 sums
+    for name in ("running_mean", "running_var"):
+        a, b = getattr(ours, name), getattr(ref, name)
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a.double(), b.double(), **pt, msg=name)
+    if ref.num_batches_tracked is not None:
+        assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked)
+    if ref.affine:
+        torch.testing.assert_close(ours.weight.grad.double(), ref.weight.grad.double(),
+                                   **(pt if dtype not in HALF else dict(rtol=1e-2, atol=1e-2)), msg="grad_weight")
+        torch.testing.assert_close(ours.bias.grad.double(), ref.bias.grad.double(),
+                                   **(pt if dtype not in HALF else dict(rtol=1e-2, atol=1e-2)), msg="grad_bias")
+
+
+def module_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_training_parity(shape, layout, dtype, device):
+    gen = torch.Generator().manual_seed(hash((shape, layout, str(dtype))) % 2**31)
+    ref, ours = make_pair(shape, dtype, device, gen)
+    ref.to(module_dtype(dtype))
+    ours.to(module_dtype(dtype))
+    for _ in range(2):  # two steps: the running stats accumulate
+        ref.zero_grad()
+        ours.zero_grad()
+        x = make_input(shape, dtype, device, layout, gen)
+        run_train_step(ref, ours, x, dtype, gen)
+        check_module_state(ref, ours, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("options", [
+    dict(momentum=None), dict(affine=False), dict(track_running_stats=False), dict(momentum=0.3, eps=1e-3),
+    dict(affine=False, track_running_stats=False),
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_training_options(options, dtype, layout, device):
+    gen = torch.Generator().manual_seed(1)
+    shape = (3, 10, 4, 5)
+    ref, ours = make_pair(shape, dtype, device, gen, **options)
+    ref.to(module_dtype(dtype))
+    ours.to(module_dtype(dtype))
+    for _ in range(3):
+        ref.zero_grad()
+        ours.zero_grad()
+        run_train_step(ref, ours, make_input(shape, dtype, device, layout, gen), dtype, gen)
+        check_module_state(ref, ours, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("shape", [(5, 7), (2, 3, 4, 5), (1, 17, 3, 3), (2, 3, 2, 3, 4)], ids=str)
+@pytest.mark.parametrize("track", [True, False], ids=["running-stats", "no-running-stats"])
+def test_eval_parity(track, shape, layout, dtype, device):
+    """eval with running stats normalises with them; without (track_running_stats=False) it uses the
+    batch's statistics, as torch."""
+    gen = torch.Generator().manual_seed(2)
+    ref, ours = make_pair(shape, dtype, device, gen, track_running_stats=track)
+    ref.to(module_dtype(dtype)).eval()
+    ours.to(module_dtype(dtype)).eval()
+    run_train_step(ref, ours, make_input(shape, dtype, device, layout, gen), dtype, gen)
+    check_module_state(ref, ours, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_functional_matches_torch(layout, device):
+    gen = torch.Generator().manual_seed(3)
+    x = make_input((4, 6, 5, 3), torch.float32, device, layout, gen)
+    w, b = torch.rand(6, generator=gen).to(device) + 0.5, torch.randn(6, generator=gen).to(device)
+    rm, rv = torch.randn(6, generator=gen).to(device), torch.rand(6, generator=gen).to(device) + 0.5
+    for training in (True, False):
+        rm1, rv1, rm2, rv2 = rm.clone(), rv.clone(), rm.clone(), rv.clone()
+        out = fnn.functional.batch_norm(x, rm1, rv1, w, b, training, 0.2, 1e-4)
+        exp = torch.nn.functional.batch_norm(x, rm2, rv2, w, b, training, 0.2, 1e-4)
+        assert_close(out, exp, torch.float32)
+        assert_close(rm1, rm2, torch.float32)
+        assert_close(rv1, rv2, torch.float32)
+        assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    # training without running stats
+    assert_close(fnn.functional.batch_norm(x, None, None, training=True),
+                 torch.nn.functional.batch_norm(x, None, None, training=True), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_large_mean_no_cancellation(dtype, layout, device):
+    """Data with a mean 1e4 times its spread (float32; 100x for the half types, whose precision cannot
+    hold more): statistics match a float64 reference on the same values. A float32 sum of squares
+    (E[x^2] - E[x]^2) would get the variance wrong by orders of magnitude; checked below so the test
+    is sharp."""
+    gen = torch.Generator().manual_seed(4)
+    ratio = 1e4 if dtype == torch.float32 else 1e2
+    x = make_input((8, 3, 33, 31), dtype, device, layout, gen, scale=1.0, shift=ratio)
+    mean, var = torch.ops.fusedopt.batch_norm_stats(x)
+    x64 = x.double()
+    var64, mean64 = torch.var_mean(x64, dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=0)
+    naive = (x.float() ** 2).mean(dim=(0, 2, 3)) - x.float().mean(dim=(0, 2, 3)) ** 2
+    if dtype == torch.float32:
+        assert ((naive.double() - var64).abs() / var64).max() > 1e-2
+    out = fnn.functional.batch_norm(x, None, None, training=True)
+    expected = (x64 - mean64.view(1, -1, 1, 1)) / torch.sqrt(var64.view(1, -1, 1, 1) + 1e-5)
+    # the output's error is that of the stored mean (one ulp of 1e4 ~ 1e-3 in float32) times invstd.
+    torch.testing.assert_close(out.double(), expected, rtol=TOL[dtype]["rtol"], atol=2e-3 if dtype == torch.float32 else TOL[dtype]["atol"])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("shape", [(4, 3), (3, 2, 5), (2, 3, 3, 2), (2, 2, 2, 2, 3)], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
+def test_gradcheck(affine, training, shape, layout):
+    gen = torch.Generator().manual_seed(5)
+    x = make_input(shape, torch.float64, "cpu", layout, gen).requires_grad_()
+    C = shape[1]
+    w = (torch.rand(C, dtype=torch.float64, generator=gen) + 0.5).requires_grad_() if affine else None
+    b = torch.randn(C, dtype=torch.float64, generator=gen).requires_grad_() if affine else None
+    rm = torch.randn(C, dtype=torch.float64, generator=gen)
+    rv = torch.rand(C, dtype=torch.float64, generator=gen) + 0.5
+
+    def fn(x, w, b):
+        # fresh running stats per call: training updates them in place
+        return fnn.functional.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-3)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def op_samples():
+    gen = torch.Generator().manual_seed(6)
+    for shape, layout, dtype in [((4, 3), "contiguous", torch.float32), ((2, 5, 3, 4), "channels_last", torch.float32),
+                                 ((2, 3, 7), "strided", torch.float64), ((3, 4, 2, 3), "contiguous", torch.bfloat16),
+                                 ((2, 3, 2, 2, 3), "channels_last", torch.float16)]:
+        x = make_input(shape, dtype, "cpu", layout, gen)
+        pd = torch.float64 if dtype == torch.float64 else torch.float32
+        C = shape[1]
+        w = torch.rand(C, dtype=pd, generator=gen) + 0.5
+        b = torch.randn(C, dtype=pd, generator=gen)
+        yield x, w, b, pd, gen
+
+
+def test_opcheck_all_ops():
+    ops = torch.ops.fusedopt
+    for x, w, b, pd, gen in op_samples():
+        mean, var = ops.batch_norm_stats(x)
+        dy = torch.randn(x.shape, generator=gen).to(x.dtype)
+        sdy, sdxm = ops.batch_norm_backward_reduce(dy, x, mean)
+        count = x.numel() // x.shape[1]
+        torch.library.opcheck(ops.batch_norm_stats.default, (x,))
+        torch.library.opcheck(ops.batch_norm_elemt.default, (x, w, b, mean, var, 1e-5))
+        torch.library.opcheck(ops.batch_norm_elemt.default, (x, None, None, mean, var, 1e-5))
+        torch.library.opcheck(ops.batch_norm_backward_reduce.default, (dy, x, mean))
+        torch.library.opcheck(ops.batch_norm_backward_elemt.default, (dy, x, w, mean, var, sdy, sdxm, count, 1e-5))
+        torch.library.opcheck(ops.batch_norm_backward_elemt.default, (dy, x, None, mean, var, sdy, sdxm, count, 1e-5))
+
+
+def test_ops_against_float64_formulas():
+    """Each op on its own against its defining formula in float64."""
+    ops = torch.ops.fusedopt
+    for x, w, b, pd, gen in op_samples():
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        x64 = x.double()
+        var64, mean64 = torch.var_mean(x64, dim=dims, unbiased=False)
+        mean, var = ops.batch_norm_stats(x)
+        assert mean.dtype == pd and var.dtype == pd
+        torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(var.double(), var64, rtol=1e-5, atol=1e-6)
+        out = ops.batch_norm_elemt(x, w, b, mean, var, 1e-3)
+        m, v = mean.double().view(shape), var.double().view(shape)
+        exp = (x64 - m) / torch.sqrt(v + 1e-3) * w.double().view(shape) + b.double().view(shape)
+        assert_close(out, exp, x.dtype if x.dtype != torch.float64 else torch.float64)
+        dy = torch.randn(x.shape, generator=gen).to(x.dtype)
+        sdy, sdxm = ops.batch_norm_backward_reduce(dy, x, mean)
+        torch.testing.assert_close(sdy.double(), dy.double().sum(dims), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sdxm.double(), (dy.double() * (x64 - m)).sum(dims), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x = torch.empty(0, 3, 4, 4, device=device)
+    mean, var = torch.ops.fusedopt.batch_norm_stats(x)
+    assert mean.isnan().all() and var.isnan().all()
+    m = fnn.BatchNorm2d(3).to(device).eval()
+    assert m(x).shape == x.shape
+
+
+def test_errors():
+    m = fnn.BatchNorm2d(3)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        m(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="expected 2D or 3D input"):
+        fnn.BatchNorm1d(3)(torch.randn(2, 3, 4, 5))
+    # One value per channel in training: raised before the running statistics or the batch count change.
+    m1 = fnn.BatchNorm1d(3)
+    before = copy.deepcopy(m1.state_dict())
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        m1(torch.randn(1, 3))
+    for k, v in m1.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        fnn.BatchNorm2d(3)(torch.randn(1, 3, 1, 1))
+    fnn.BatchNorm2d(3).eval()(torch.randn(1, 3, 1, 1))  # fine in eval
+    with pytest.raises(RuntimeError, match="running_mean and running_var must be defined"):
+        fnn.functional.batch_norm(torch.randn(4, 3), None, None, training=False)
+    ops = torch.ops.fusedopt
+    x = torch.randn(4, 3, 2)
+    mean, var = ops.batch_norm_stats(x)
+    with pytest.raises(RuntimeError, match=r"weight must have shape \[3\]"):
+        ops.batch_norm_elemt(x, torch.ones(4), None, mean, var, 1e-5)
+    with pytest.raises(RuntimeError, match="var must be Float"):
+        ops.batch_norm_elemt(x, None, None, mean, var.double(), 1e-5)
+    with pytest.raises(RuntimeError, match="input must be float32, float64, float16 or bfloat16"):
+        ops.batch_norm_stats(torch.ones(4, 3, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="at least 2 dimensions"):
+        ops.batch_norm_stats(torch.ones(4))
+    with pytest.raises(RuntimeError, match="grad_output must have the input's shape"):
+        ops.batch_norm_backward_reduce(torch.ones(4, 3), x, mean)
+    with pytest.raises(RuntimeError, match="grad_output must have the input's dtype"):
+        ops.batch_norm_backward_reduce(x.double(), x, mean)
+
+
+def test_state_dict_and_signature_match_torch():
+    for cls in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d):
+        for kwargs in (dict(), dict(affine=False), dict(track_running_stats=False), dict(momentum=None)):
+            ref, ours = cls(5, **kwargs), FUSED[cls](5, **kwargs)
+            assert list(ref.state_dict()) == list(ours.state_dict())
+            assert repr(ref).replace(cls.__name__, "") == repr(ours).replace(cls.__name__, "")
+            assert isinstance(ours, cls)
+            ours.load_state_dict(ref.state_dict())
+
+
+def test_half_module_parameters():
+    """A module converted to bfloat16 (weights and buffers too) works: weights enter the kernels as
+    float32, and running stats are written back in their own dtype."""
+    gen = torch.Generator().manual_seed(7)
+    ref, ours = make_pair((4, 6, 3, 3), torch.float32, "cpu", gen)
+    ref.bfloat16()
+    ours.bfloat16()
+    x = make_input((4, 6, 3, 3), torch.bfloat16, "cpu", "contiguous", gen)
+    assert_close(ours(x), ref(x), torch.bfloat16)
+    assert ours.running_mean.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.running_mean.float(), ref.running_mean.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_convert_modules():
+    gen = torch.Generator().manual_seed(8)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5), torch.nn.BatchNorm1d(5, momentum=None)))
+    model[3][2].eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5, generator=gen)
+    reference = copy.deepcopy(model)
+    params = {n: p for n, p in model.named_parameters()}
+    buffers = {n: b for n, b in model.named_buffers()}
+    out = fnn.convert_modules(model)
+    assert out is model
+    assert type(model[1]) is fnn.BatchNorm2d and type(model[3][2]) is fnn.BatchNorm1d
+    assert model[1].training and not model[3][2].training
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert all(b is buffers[n] for n, b in model.named_buffers())
+    x = torch.randn(6, 3, 8, 8, generator=gen)
+    assert_close(model(x), reference(x), torch.float32)
+    assert_close(model[1].running_var, reference[1].running_var, torch.float32)
+    # A lone module converts too; a subclass of a mapped type is left alone.
+    bn = fnn.convert_modules(torch.nn.BatchNorm3d(2))
+    assert type(bn) is fnn.BatchNorm3d
+
+    class MyBN(torch.nn.BatchNorm2d):
+        pass
+
+    assert type(fnn.convert_modules(MyBN(2))) is MyBN
+    assert torch.nn.BatchNorm2d in fnn.MODULE_MAP
+
+
+def test_sync_batchnorm_without_process_group_is_batchnorm():
+    gen = torch.Generator().manual_seed(9)
+    ref = torch.nn.BatchNorm2d(4)
+    sync = fnn.SyncBatchNorm.convert_sync_batchnorm(torch.nn.Sequential(copy.deepcopy(ref)))
+    assert type(sync[0]) is fnn.SyncBatchNorm
+    x = torch.randn(3, 4, 5, 5, generator=gen)
+    assert_close(sync(x), ref(x), torch.float32)
+    assert_close(sync[0].running_var, ref.running_var, torch.float32)

@@ -235,7 +235,6 @@ def case_grad_scaler(opt_name: str) -> None:
     compare(model.parameters(), [full(p.detach()) for p in twin.parameters()], "GradScaler under FSDP2")
     # The poisoned step was skipped everywhere: the one-process run without it agrees.
     model_ref = make_model()
-    _, _, _ = OPTIMIZERS[opt_name]
     opt_ref = torch_cls(model_ref.parameters(), **kwargs)
     for step, (x, y) in enumerate(batches()):
         if step == 2:
@@ -244,6 +243,35 @@ def case_grad_scaler(opt_name: str) -> None:
         loss_fn(model_ref, x, y).backward()
         opt_ref.step()
     compare(model.parameters(), [p.detach() for p in model_ref.parameters()], "GradScaler vs one process")
+
+
+def case_layout_repair(opt_name: str) -> None:
+    # Grads whose local shard is laid out unlike the param's (column-major, in a DTensor of its own
+    # spec object) and momentum buffers loaded as float64 DTensors are repaired, as for plain tensors.
+    from torch.distributed.tensor import DTensor
+    fused_cls, _, kwargs = OPTIMIZERS[opt_name]
+    model = fsdp2(make_model())
+    opt = fused_cls(model.parameters(), **kwargs)
+    for step, (x, y) in enumerate(batches()):
+        x, y = local_batch(x, y)
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        for p in model.parameters():
+            if p.dim() == 2:
+                local = p.grad.to_local()
+                column_major = torch.empty_strided(local.shape, (1, max(local.shape[0], 1))).copy_(local)
+                p.grad = DTensor.from_local(column_major, p.device_mesh, p.placements, run_check=False,
+                                            shape=p.shape, stride=p.stride())
+        if step == 2:
+            for p in model.parameters():
+                if "momentum_buffer" in opt.state[p]:
+                    opt.state[p]["momentum_buffer"] = opt.state[p]["momentum_buffer"].to(torch.float64)
+        opt.step()
+    for p in model.parameters():
+        if "momentum_buffer" in opt.state[p]:
+            buf = opt.state[p]["momentum_buffer"]
+            assert isinstance(buf, DTensor) and buf.dtype == p.dtype and buf.placements == p.placements
+    compare(model.parameters(), reference_params(opt_name), "FSDP2 with layout repairs")
 
 
 def case_bad_state(opt_name: str) -> None:
@@ -274,6 +302,7 @@ CASES = {
     "zero": case_zero,
     "dcp": case_dcp,
     "grad_scaler": case_grad_scaler,
+    "layout_repair": case_layout_repair,
     "bad_state": case_bad_state,
 }
 

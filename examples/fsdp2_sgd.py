@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 
 import torch
@@ -38,11 +39,16 @@ def build(device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
     return model, opt
 
 
+# A task to learn: the class a fixed random linear map scores highest.
+TEACHER = torch.randn(64, 10, generator=torch.Generator().manual_seed(42))
+
+
 def train(model, opt, steps: int, device: torch.device, seed: int) -> float:
     g = torch.Generator().manual_seed(seed * 1000 + dist.get_rank())  # each rank its own data
     for _ in range(steps):
-        x = torch.randn(32, 64, generator=g).to(device)
-        y = torch.randint(0, 10, (32,), generator=g).to(device)
+        x = torch.randn(32, 64, generator=g)
+        y = (x @ TEACHER).argmax(dim=1).to(device)
+        x = x.to(device)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
@@ -55,7 +61,7 @@ def train(model, opt, steps: int, device: torch.device, seed: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cuda", action="store_true", help="nccl, one GPU per rank")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     dist.init_process_group("nccl" if args.cuda else "gloo")
     rank = dist.get_rank()
@@ -64,10 +70,11 @@ def main() -> None:
     device = torch.device("cuda", torch.cuda.current_device()) if args.cuda else torch.device("cpu")
 
     model, opt = build(device)
+    first = train(model, opt, 1, device, seed=0)
     loss = train(model, opt, args.steps, device, seed=1)
     weight = next(model.parameters())
     if rank == 0:
-        print(f"after {args.steps} steps: loss {loss:.4f}; param 0 is a {type(weight).__name__} "
+        print(f"loss {first:.4f} after 1 step, {loss:.4f} after {args.steps} more; param 0 is a {type(weight).__name__} "
               f"{tuple(weight.shape)} holding {tuple(weight.to_local().shape)} on each rank; "
               f"its momentum buffer is a {type(opt.state[weight]['momentum_buffer']).__name__}")
 
@@ -90,6 +97,9 @@ def main() -> None:
     if rank == 0:
         print(f"5 more steps: loss {loss:.4f} (original) {restored_loss:.4f} (restored from "
               f"{directory[0]}); params identical: {same}")
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(directory[0])
     dist.destroy_process_group()
     if not same:
         raise SystemExit("the restored run diverged from the original")

@@ -44,26 +44,46 @@ py::object python_object(const at::Tensor& t) {
   return py::reinterpret_steal<py::object>(THPVariable_Wrap(t));
 }
 
-at::Tensor local_tensor_of(const py::object& dtensor) {
-  static PyObject* name = PyUnicode_InternFromString("_local_tensor");
-  py::object local = py::reinterpret_steal<py::object>(PyObject_GetAttr(dtensor.ptr(), name));
-  if (!local) throw py::error_already_set();
+PyObject* interned(const char* name) {
+  return PyUnicode_InternFromString(name);  // kept for the life of the process by the callers' statics
+}
+
+py::object get(PyObject* obj, PyObject* name) {
+  py::object out = py::reinterpret_steal<py::object>(PyObject_GetAttr(obj, name));
+  if (!out) throw py::error_already_set();
+  return out;
+}
+
+at::Tensor local_tensor_of(PyObject* dtensor) {
+  static PyObject* name = interned("_local_tensor");
+  py::object local = get(dtensor, name);
   TORCH_CHECK(THPVariable_Check(local.ptr()), "DTensor._local_tensor is not a tensor");
   return THPVariable_Unpack(local.ptr());
 }
 
-// Same mesh and placements. FSDP2's grads share their param's spec object, so the usual answer costs
-// one attribute lookup per tensor.
-bool same_sharding(const py::object& a, const py::object& b) {
-  static PyObject* spec_name = PyUnicode_InternFromString("_spec");
-  py::object sa = a.attr(spec_name);
-  py::object sb = b.attr(spec_name);
-  if (sa.is(sb)) return true;
-  return sa.attr("mesh").equal(sb.attr("mesh")) && sa.attr("placements").equal(sb.attr("placements"));
+bool equal(PyObject* a, PyObject* b) {
+  if (a == b) return true;
+  const int eq = PyObject_RichCompareBool(a, b, Py_EQ);
+  if (eq < 0) throw py::error_already_set();
+  return eq == 1;
 }
 
-std::string sharding_of(const py::object& dtensor) {
-  py::object spec = dtensor.attr("_spec");
+// Same mesh and placements. FSDP2's grads share their param's spec object, and the state torch makes
+// from a param (empty_like) shares its mesh and placements objects, so the usual answer costs a few
+// attribute lookups and no Python call.
+bool same_sharding(PyObject* a, PyObject* b) {
+  static PyObject* spec_name = interned("_spec");
+  static PyObject* mesh_name = interned("mesh");
+  static PyObject* placements_name = interned("placements");
+  py::object sa = get(a, spec_name);
+  py::object sb = get(b, spec_name);
+  if (sa.is(sb)) return true;
+  return equal(get(sa.ptr(), mesh_name).ptr(), get(sb.ptr(), mesh_name).ptr()) &&
+         equal(get(sa.ptr(), placements_name).ptr(), get(sb.ptr(), placements_name).ptr());
+}
+
+std::string sharding_of(PyObject* dtensor) {
+  py::object spec = py::reinterpret_borrow<py::object>(dtensor).attr("_spec");
   return py::str(spec.attr("placements")).cast<std::string>() + " on " +
          py::str(spec.attr("mesh")).cast<std::string>();
 }
@@ -81,41 +101,37 @@ bool is_dtensor(const at::Tensor& t) {
 }
 
 at::Tensor local_or_self(const at::Tensor& t) {
-  return is_dtensor(t) ? local_tensor_of(python_object(t)) : t;
+  return is_dtensor(t) ? local_tensor_of(python_object(t).ptr()) : t;
 }
 
-std::pair<at::Tensor, at::Tensor> local_param_and_grad(const at::Tensor& param, const at::Tensor& grad,
+std::pair<at::Tensor, at::Tensor> local_param_and_grad(PyObject* param, const at::Tensor& grad,
                                                        const std::string& where, int64_t index) {
-  py::object p = python_object(param);
-  if (!is_dtensor(grad)) {
+  py::object g = python_object(grad);
+  if (!grad.unsafeGetTensorImpl()->is_python_dispatch() || !is_dtensor_type(Py_TYPE(g.ptr()))) {
     fail(where, index, "is a DTensor but its grad is a plain tensor; expected a DTensor placed like "
                        "the param");
   }
-  py::object g = python_object(grad);
-  if (!same_sharding(p, g)) {
-    fail(where, index, "is a DTensor placed as " + sharding_of(p) + " but its grad is placed as " +
-                           sharding_of(g) + "; expected the same mesh and placements");
+  if (!same_sharding(param, g.ptr())) {
+    fail(where, index, "is a DTensor placed as " + sharding_of(param) + " but its grad is placed as " +
+                           sharding_of(g.ptr()) + "; expected the same mesh and placements");
   }
-  return {local_tensor_of(p), local_tensor_of(g)};
+  return {local_tensor_of(param), local_tensor_of(g.ptr())};
 }
 
-at::Tensor local_state(const at::Tensor& param, const at::Tensor& state, const std::string& where,
-                       int64_t index, const std::string& key) {
-  const bool param_sharded = is_dtensor(param);
-  const bool state_sharded = is_dtensor(state);
+at::Tensor local_state(PyObject* param, bool param_sharded, PyObject* state, const at::Tensor& state_tensor,
+                       const std::string& where, int64_t index, const std::string& key) {
+  const bool state_sharded = param_sharded ? is_dtensor_type(Py_TYPE(state)) : is_dtensor(state_tensor);
   if (param_sharded != state_sharded) {
     fail(where, index, std::string(param_sharded ? "is a DTensor" : "is a plain tensor") + " but its state '" +
                            key + "' is " + (state_sharded ? "a DTensor" : "a plain tensor") +
                            "; expected both to be DTensors (load sharded optimizer state with "
                            "torch.distributed.checkpoint.state_dict.set_state_dict)");
   }
-  py::object p = python_object(param);
-  py::object s = python_object(state);
-  if (!same_sharding(p, s)) {
-    fail(where, index, "is a DTensor placed as " + sharding_of(p) + " but its state '" + key +
-                           "' is placed as " + sharding_of(s) + "; expected the same mesh and placements");
+  if (!same_sharding(param, state)) {
+    fail(where, index, "is a DTensor placed as " + sharding_of(param) + " but its state '" + key +
+                           "' is placed as " + sharding_of(state) + "; expected the same mesh and placements");
   }
-  return local_tensor_of(s);
+  return local_tensor_of(state);
 }
 
 }  // namespace fusedopt::python

@@ -19,15 +19,16 @@ bool is_dtensor(const at::Tensor& t);
 // The local shard of a DTensor (its _local_tensor); t itself when t is not a DTensor.
 at::Tensor local_or_self(const at::Tensor& t);
 
-// The local shards of the DTensor param `param` and of its grad `grad`. Throws, naming `where` and
-// `index`, when the grad is not a DTensor placed like the param.
-std::pair<at::Tensor, at::Tensor> local_param_and_grad(const at::Tensor& param, const at::Tensor& grad,
+// The local shards of the DTensor param `param` (its Python object) and of its grad `grad`. Throws,
+// naming `where` and `index`, when the grad is not a DTensor placed like the param.
+std::pair<at::Tensor, at::Tensor> local_param_and_grad(PyObject* param, const at::Tensor& grad,
                                                        const std::string& where, int64_t index);
 
-// The local shard of the state tensor `state` under `key` of param `param` (one of them, or both,
-// DTensors). Throws, naming `where`, `index` and `key`, unless both are DTensors with the same mesh
-// and placements: mixing a DTensor with a plain tensor has no meaning torch's optimizers give either.
-at::Tensor local_state(const at::Tensor& param, const at::Tensor& state, const std::string& where,
-                       int64_t index, const std::string& key);
+// The local shard of the state tensor `state` (Python object; `state_tensor` is the same tensor)
+// under `key` of param `param`, when the param (`param_sharded`) or the state is a DTensor. Throws,
+// naming `where`, `index` and `key`, unless both are DTensors with the same mesh and placements: a
+// DTensor mixed with a plain tensor has no meaning in torch's optimizers either.
+at::Tensor local_state(PyObject* param, bool param_sharded, PyObject* state, const at::Tensor& state_tensor,
+                       const std::string& where, int64_t index, const std::string& key);
 
 }  // namespace fusedopt::python

@@ -87,7 +87,7 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
     // A DTensor param is checked and stepped as its local shard (local_shards.h); the rest unchanged.
     const bool sharded = is_dtensor(p_arg);
     std::pair<at::Tensor, at::Tensor> shard;
-    if (sharded) shard = local_param_and_grad(p_arg, g_arg, where, i);
+    if (sharded) shard = local_param_and_grad(obj, g_arg, where, i);
     const at::Tensor& p = sharded ? shard.first : p_arg;
     const at::Tensor& g = sharded ? shard.second : g_arg;
     if (g.layout() != at::kStrided) fail(where, i, "has a sparse gradient; fused kernels need dense gradients");
@@ -127,7 +127,7 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
       }
       const bool state_sharded = sharded || is_dtensor(t_arg);
       at::Tensor local;
-      if (state_sharded) local = local_state(p_arg, t_arg, where, i, keys[s]);
+      if (state_sharded) local = local_state(obj, sharded, value, t_arg, where, i, keys[s]);
       const at::Tensor& t = state_sharded ? local : t_arg;
       if (t.scalar_type() != p.scalar_type() || t.device() != p.device() ||
           !t.is_non_overlapping_and_dense() || !same_memory_order(p, t)) {

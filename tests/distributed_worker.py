@@ -296,6 +296,9 @@ def case_bad_state(opt_name: str) -> None:
     compare(params, before, "after a refused step")
 
 
+# case name -> function(optimizer name), run on every rank for every entry of OPTIMIZERS. A case
+# that does not depend on the optimizer (e.g. fusedopt.nn.utils.clip_grad_norm_ on FSDP2's DTensor
+# grads against torch's) can ignore its argument, or run only for the first entry.
 CASES = {
     "ddp": case_ddp,
     "fsdp2": case_fsdp2,

@@ -8,6 +8,7 @@
 
 #include "common/tensor_lists.h"
 #include "python/collected_group.h"
+#include "python/local_shards.h"
 
 namespace fusedopt::python {
 namespace {
@@ -80,9 +81,15 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
   for (int64_t i = 0; i < n; ++i) {
     PyObject* obj = PyList_GET_ITEM(group_params.ptr(), i);
     if (!THPVariable_Check(obj)) fail(where, i, "is not a tensor");
-    const at::Tensor& p = THPVariable_Unpack(obj);
-    const at::Tensor& g = p.grad();
-    if (!g.defined()) continue;
+    const at::Tensor& p_arg = THPVariable_Unpack(obj);
+    const at::Tensor& g_arg = p_arg.grad();
+    if (!g_arg.defined()) continue;
+    // A DTensor param is checked and stepped as its local shard (local_shards.h); the rest unchanged.
+    const bool sharded = is_dtensor(p_arg);
+    std::pair<at::Tensor, at::Tensor> shard;
+    if (sharded) shard = local_param_and_grad(obj, g_arg, where, i);
+    const at::Tensor& p = sharded ? shard.first : p_arg;
+    const at::Tensor& g = sharded ? shard.second : g_arg;
     if (g.layout() != at::kStrided) fail(where, i, "has a sparse gradient; fused kernels need dense gradients");
     if (at::isComplexType(p.scalar_type())) {
       fail(where, i, "is complex (" + std::string(c10::toString(p.scalar_type())) +
@@ -109,15 +116,19 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
         out.states[s].emplace_back();
         continue;
       }
-      const at::Tensor& t = THPVariable_Unpack(value);
+      const at::Tensor& t_arg = THPVariable_Unpack(value);
       if (is_scalar[s]) {
-        out.states[s].push_back(t);
+        out.states[s].push_back(local_or_self(t_arg));
         continue;
       }
-      if (t.sizes() != p.sizes()) {
-        out.bad_state = std::make_tuple(i, keys[s], t.sizes().vec(), p.sizes().vec());
+      if (t_arg.sizes() != p_arg.sizes()) {  // global shapes for DTensors
+        out.bad_state = std::make_tuple(i, keys[s], t_arg.sizes().vec(), p_arg.sizes().vec());
         return out;
       }
+      const bool state_sharded = sharded || is_dtensor(t_arg);
+      at::Tensor local;
+      if (state_sharded) local = local_state(obj, sharded, value, t_arg, where, i, keys[s]);
+      const at::Tensor& t = state_sharded ? local : t_arg;
       if (t.scalar_type() != p.scalar_type() || t.device() != p.device() ||
           !t.is_non_overlapping_and_dense() || !same_memory_order(p, t)) {
         out.state_fixes.emplace_back(static_cast<int64_t>(s), k);
@@ -155,9 +166,11 @@ void add_step_helpers(py::module& m) {
       .def("state", &CollectedGroup::state_list, py::arg("key"),
            "State tensors under key, None where missing.")
       .def("missing", &CollectedGroup::missing, py::arg("key"), "Indices whose state key is missing.")
-      .def("set_grad", [](CollectedGroup& g, int64_t i, const at::Tensor& t) { g.grads.at(i) = t; })
+      .def("local_param", [](const CollectedGroup& g, int64_t i) { return g.params.at(i); },
+           "The tensor the kernel updates for param i: the param, or a DTensor's local shard.")
+      .def("set_grad", [](CollectedGroup& g, int64_t i, const at::Tensor& t) { g.grads.at(i) = local_or_self(t); })
       .def("set_state", [](CollectedGroup& g, const std::string& key, int64_t i, const at::Tensor& t) {
-        g.state_tensors(key).at(i) = t;
+        g.state_tensors(key).at(i) = local_or_self(t);
       })
       .def("select", &CollectedGroup::select, py::arg("indices"))
       .def("by_device", &CollectedGroup::by_device);

@@ -30,18 +30,21 @@ def repair_layouts(collected, optimizer_state) -> dict[int, Tensor]:
     """Replace grads and state tensors whose dtype, device or memory order differ from their param's
     (hand-assigned grads, state loaded from a checkpoint) by equal-valued tensors laid out like the
     param; repaired state is stored back into the optimizer's state. Returns {index: original grad}
-    for the grads replaced, to write unscaled values back after a GradScaler step."""
+    for the grads replaced, to write unscaled values back after a GradScaler step.
+
+    For a DTensor param the grad is repaired as its local shard (what the kernel sees), and the state
+    as a DTensor placed like the param (what the optimizer state holds)."""
     replaced = {}
     if collected.grad_fixes:
-        params, grads = collected.params, collected.grads
+        grads = collected.grads
         for i in collected.grad_fixes:
             replaced[i] = grads[i]
-            collected.set_grad(i, torch.empty_like(params[i]).copy_(grads[i]))
+            collected.set_grad(i, torch.empty_like(collected.local_param(i)).copy_(grads[i]))
     if collected.state_fixes:
         params = collected.params
         for key_index, i in collected.state_fixes:
             key = collected.keys[key_index]
-            fixed = torch.empty_like(params[i]).copy_(collected.state(key)[i])
+            fixed = torch.empty_like(params[i]).copy_(optimizer_state[params[i]][key])
             optimizer_state[params[i]][key] = fixed
             collected.set_state(key, i, fixed)
     return replaced
@@ -57,7 +60,8 @@ def write_back_grads(collected, replaced: dict[int, Tensor]) -> None:
 
 def create_missing_state(collected, optimizer_state, key: str, make) -> list[int]:
     """State `key` for every param that has none yet, made by make(param) and stored in the optimizer
-    state. Returns the indices that got new state."""
+    state (for a DTensor param make() gets the DTensor, so e.g. torch.empty_like makes a DTensor placed
+    like it; the kernel gets its local shard). Returns the indices that got new state."""
     fresh = collected.missing(key)
     if fresh:
         params = collected.params

@@ -1,0 +1,373 @@
+"""Multi-process checks of fusedopt optimizers under DDP, FSDP2 (fully_shard), ZeroRedundancyOptimizer,
+torch.distributed.checkpoint and GradScaler, on gloo/CPU.
+
+Run as a script: `python tests/distributed_worker.py OUT.json [--world-size 2] [--only CASE ...]`
+spawns the ranks, runs every case for every optimizer in OPTIMIZERS and writes
+{"<case>/<optimizer>": {"ok": bool, "detail": str}} (rank 0's view, with any rank's failure).
+tests/test_distributed.py runs it once and turns each entry into a test.
+
+Every case trains the same small model on the same global batches and compares the parameters with a
+single-process run of the torch optimizer on the whole batch (float32 rounding), and, where torch's
+optimizer also runs under the same wrapper, with that run too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import sys
+import tempfile
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import fusedopt
+
+# name -> (fusedopt class, torch class, constructor kwargs). The other optimizers join with one line
+# each, e.g. "adamw": (fusedopt.optim.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)).
+OPTIMIZERS = {
+    "sgd-nesterov": (fusedopt.optim.SGD, torch.optim.SGD,
+                     dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    "sgd-dampening": (fusedopt.optim.SGD, torch.optim.SGD,
+                      dict(lr=0.05, momentum=0.8, dampening=0.25, weight_decay=0.02, maximize=True)),
+    "sgd-plain": (fusedopt.optim.SGD, torch.optim.SGD, dict(lr=0.1)),
+}
+
+STEPS = 5
+GLOBAL_BATCH = 8
+# Parameters after a few steps of different reductions (all-reduce/reduce-scatter of half batches vs
+# one backward over the whole batch) differ by float32 rounding only.
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def make_model() -> nn.Module:
+    # Odd sizes: uneven shards, and a 1-element bias whose shard on rank 1 is empty.
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(7, 13), nn.Tanh(), nn.Linear(13, 5), nn.Tanh(), nn.Linear(5, 1))
+
+
+def batches(steps: int = STEPS):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(GLOBAL_BATCH, 7, generator=g), torch.randn(GLOBAL_BATCH, 1, generator=g))
+            for _ in range(steps)]
+
+
+def local_batch(x: torch.Tensor, y: torch.Tensor):
+    n = GLOBAL_BATCH // dist.get_world_size()
+    r = dist.get_rank()
+    return x[r * n:(r + 1) * n], y[r * n:(r + 1) * n]
+
+
+def loss_fn(model, x, y):
+    return nn.functional.mse_loss(model(x), y)
+
+
+def reference_params(opt_name: str, steps: int = STEPS) -> list[torch.Tensor]:
+    """The torch optimizer, one process, the whole batch."""
+    model = make_model()
+    _, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    opt = torch_cls(model.parameters(), **kwargs)
+    for x, y in batches(steps):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def compare(got, expected, what: str) -> None:
+    got, expected = list(got), list(expected)
+    assert len(got) == len(expected), f"{what}: {len(got)} tensors, expected {len(expected)}"
+    for i, (a, b) in enumerate(zip(got, expected)):
+        a = full(a.detach())
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{what}, param {i}: {m}")
+
+
+def fsdp2(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.device_mesh import init_device_mesh
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def train(model, opt, steps: int = STEPS, start: int = 0, scaler=None, poison_step: int | None = None):
+    for step, (x, y) in enumerate(batches(start + steps)[start:]):
+        x, y = local_batch(x, y)
+        opt.zero_grad()
+        loss = loss_fn(model, x, y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+            continue
+        scaler.scale(loss).backward()
+        if step == poison_step and dist.get_rank() == 1:
+            # An overflow on one rank's shard only: every rank must skip the step.
+            next(iter(model.parameters())).grad._local_tensor.view(-1)[0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+
+
+def state_snapshot(opt) -> list[dict]:
+    return [{k: full(v).clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+            for s in (opt.state[p] for g in opt.param_groups for p in g["params"])]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cases: each takes the optimizer name and raises AssertionError on a mismatch.
+
+
+def case_ddp(opt_name: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    fused_cls, _, kwargs = OPTIMIZERS[opt_name]
+    model = DDP(make_model())
+    opt = fused_cls(model.parameters(), **kwargs)
+    train(model, opt)
+    compare(model.parameters(), reference_params(opt_name), "DDP")
+
+
+def case_fsdp2(opt_name: str) -> None:
+    from torch.distributed.tensor import DTensor
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    model = fsdp2(make_model())
+    opt = fused_cls(model.parameters(), **kwargs)
+    train(model, opt)
+    twin = fsdp2(make_model())
+    twin_opt = torch_cls(twin.parameters(), **kwargs)
+    train(twin, twin_opt)
+    compare(model.parameters(), reference_params(opt_name), "FSDP2 vs one process")
+    compare(model.parameters(), [full(p.detach()) for p in twin.parameters()], "FSDP2 vs torch under FSDP2")
+    # State as torch's optimizers keep it: DTensors placed like their params, equal values.
+    for p, tp in zip(model.parameters(), twin.parameters()):
+        assert isinstance(p, DTensor)
+        state, twin_state = opt.state[p], twin_opt.state[tp]
+        assert state.keys() == twin_state.keys(), (state.keys(), twin_state.keys())
+        for key, value in state.items():
+            twin_value = twin_state[key]
+            assert type(value) is type(twin_value), (key, type(value), type(twin_value))
+            if isinstance(value, DTensor):
+                assert value.placements == p.placements and value.device_mesh == p.device_mesh, key
+                torch.testing.assert_close(value.full_tensor(), twin_value.full_tensor(), **TOL)
+
+
+def case_zero(opt_name: str) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    fused_cls, _, kwargs = OPTIMIZERS[opt_name]
+    model = DDP(make_model())
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=fused_cls, **kwargs)
+    assert isinstance(opt.optim, fused_cls)
+    train(model, opt)
+    compare(model.parameters(), reference_params(opt_name), "ZeRO")
+    # Each rank stepped only its partition; the state dict consolidates like torch's.
+    opt.consolidate_state_dict(to=0)
+    if dist.get_rank() == 0:
+        sd = opt.state_dict()
+        assert len(sd["param_groups"]) == 1 and len(sd["state"]) in (0, len(list(model.parameters())))
+
+
+def case_dcp(opt_name: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    half = STEPS // 2 + 1
+
+    def saved_state(cls, directory):
+        model = fsdp2(make_model())
+        opt = cls(model.parameters(), **kwargs)
+        train(model, opt, steps=half)
+        model_sd, optim_sd = get_state_dict(model, opt)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=directory)
+        return model, opt, optim_sd
+
+    directory = shared_tempdir()
+    _, _, fused_sd = saved_state(fused_cls, os.path.join(directory, "fused"))
+    _, _, torch_sd = saved_state(torch_cls, os.path.join(directory, "torch"))
+    # The same optimizer state_dict as torch's, entry by entry.
+    assert fused_sd.keys() == torch_sd.keys()
+    assert fused_sd["param_groups"] == torch_sd["param_groups"], (fused_sd["param_groups"], torch_sd["param_groups"])
+    assert fused_sd["state"].keys() == torch_sd["state"].keys()
+    for name, entry in fused_sd["state"].items():
+        assert entry.keys() == torch_sd["state"][name].keys(), name
+        for key, value in entry.items():
+            other = torch_sd["state"][name][key]
+            assert type(value) is type(other), (name, key, type(value), type(other))
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(full(value), full(other), **TOL)
+
+    # Load each checkpoint into a fresh fusedopt run (and fusedopt's into torch's optimizer), finish
+    # the training, compare with the uninterrupted one-process run.
+    expected = reference_params(opt_name)
+    for source, cls in (("fused", fused_cls), ("torch", fused_cls), ("fused", torch_cls)):
+        model = fsdp2(make_model())
+        opt = cls(model.parameters(), **kwargs)
+        model_sd, optim_sd = get_state_dict(model, opt)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=os.path.join(directory, source))
+        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        train(model, opt, steps=STEPS - half, start=half)
+        compare(model.parameters(), expected, f"{source} checkpoint loaded into {cls.__module__}.{cls.__name__}")
+
+
+def case_grad_scaler(opt_name: str) -> None:
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    runs = []
+    for cls in (fused_cls, torch_cls):
+        model = fsdp2(make_model())
+        opt = cls(model.parameters(), **kwargs)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
+        train(model, opt, scaler=scaler, poison_step=2)
+        runs.append((model, scaler.get_scale()))
+    (model, scale), (twin, twin_scale) = runs
+    assert scale == twin_scale, (scale, twin_scale)
+    compare(model.parameters(), [full(p.detach()) for p in twin.parameters()], "GradScaler under FSDP2")
+    # The poisoned step was skipped everywhere: the one-process run without it agrees.
+    model_ref = make_model()
+    opt_ref = torch_cls(model_ref.parameters(), **kwargs)
+    for step, (x, y) in enumerate(batches()):
+        if step == 2:
+            continue
+        opt_ref.zero_grad()
+        loss_fn(model_ref, x, y).backward()
+        opt_ref.step()
+    compare(model.parameters(), [p.detach() for p in model_ref.parameters()], "GradScaler vs one process")
+
+
+def case_layout_repair(opt_name: str) -> None:
+    # Grads whose local shard is laid out unlike the param's (column-major, in a DTensor of its own
+    # spec object) and momentum buffers loaded as float64 DTensors are repaired, as for plain tensors.
+    from torch.distributed.tensor import DTensor
+    fused_cls, _, kwargs = OPTIMIZERS[opt_name]
+    model = fsdp2(make_model())
+    opt = fused_cls(model.parameters(), **kwargs)
+    for step, (x, y) in enumerate(batches()):
+        x, y = local_batch(x, y)
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        for p in model.parameters():
+            if p.dim() == 2:
+                local = p.grad.to_local()
+                column_major = torch.empty_strided(local.shape, (1, max(local.shape[0], 1))).copy_(local)
+                p.grad = DTensor.from_local(column_major, p.device_mesh, p.placements, run_check=False,
+                                            shape=p.shape, stride=p.stride())
+        if step == 2:
+            for p in model.parameters():
+                if "momentum_buffer" in opt.state[p]:
+                    opt.state[p]["momentum_buffer"] = opt.state[p]["momentum_buffer"].to(torch.float64)
+        opt.step()
+    for p in model.parameters():
+        if "momentum_buffer" in opt.state[p]:
+            buf = opt.state[p]["momentum_buffer"]
+            assert isinstance(buf, DTensor) and buf.dtype == p.dtype and buf.placements == p.placements
+    compare(model.parameters(), reference_params(opt_name), "FSDP2 with layout repairs")
+
+
+def case_bad_state(opt_name: str) -> None:
+    # A plain-tensor state for a DTensor param (e.g. a full state_dict loaded with load_state_dict)
+    # is refused before anything is modified.
+    fused_cls, _, kwargs = OPTIMIZERS[opt_name]
+    if kwargs.get("momentum", 0) == 0:
+        return
+    model = fsdp2(make_model())
+    opt = fused_cls(model.parameters(), **kwargs)
+    params = list(model.parameters())
+    before = [full(p.detach()).clone() for p in params]
+    opt.state[params[1]]["momentum_buffer"] = torch.zeros(params[1].shape)
+    x, y = local_batch(*batches(1)[0])
+    loss_fn(model, x, y).backward()
+    try:
+        opt.step()
+    except RuntimeError as e:
+        assert "param 1" in str(e) and "DTensor" in str(e), str(e)
+    else:
+        raise AssertionError("a plain state tensor for a DTensor param was accepted")
+    compare(params, before, "after a refused step")
+
+
+# case name -> function(optimizer name), run on every rank for every entry of OPTIMIZERS. A case
+# that does not depend on the optimizer (e.g. fusedopt.nn.utils.clip_grad_norm_ on FSDP2's DTensor
+# grads against torch's) can ignore its argument, or run only for the first entry.
+CASES = {
+    "ddp": case_ddp,
+    "fsdp2": case_fsdp2,
+    "zero": case_zero,
+    "dcp": case_dcp,
+    "grad_scaler": case_grad_scaler,
+    "layout_repair": case_layout_repair,
+    "bad_state": case_bad_state,
+}
+
+_TEMPDIR: str | None = None
+
+
+def shared_tempdir() -> str:
+    assert _TEMPDIR is not None
+    d = tempfile.mkdtemp(dir=_TEMPDIR) if dist.get_rank() == 0 else None
+    holder = [d]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def run_rank(rank: int, world_size: int, port: int, cases: list[str], out: str, tempdir: str) -> None:
+    global _TEMPDIR
+    _TEMPDIR = tempdir
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import datetime
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    results = {}
+    try:
+        for case in cases:
+            for opt_name in OPTIMIZERS:
+                try:
+                    CASES[case](opt_name)
+                    ok, detail = True, ""
+                except Exception as e:  # noqa: BLE001  (reported per case)
+                    ok, detail = False, f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+                # Every rank's verdict, so a failure on rank 1 is not lost.
+                verdicts = [None] * world_size
+                dist.all_gather_object(verdicts, (ok, detail))
+                results[f"{case}/{opt_name}"] = {
+                    "ok": all(v[0] for v in verdicts),
+                    "detail": "\n".join(v[1] for v in verdicts if not v[0]),
+                }
+    finally:
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(results, f, indent=1)
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=list(CASES))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tempdir:
+        mp.spawn(run_rank, args=(args.world_size, free_port(), args.only, args.out, tempdir),
+                 nprocs=args.world_size, join=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

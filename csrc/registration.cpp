@@ -15,6 +15,7 @@
 
 TORCH_LIBRARY(fusedopt, m) {
   fusedopt::schemas::define_optimizer_ops(m);
+  fusedopt::schemas::define_dropout_ops(m);
 }
 
 namespace fusedopt::python {

@@ -10,7 +10,8 @@ _C = load_extension()
 
 from . import _ops  # noqa: E402  (registers fake implementations of the ops)
 from . import optim  # noqa: E402
+from . import nn  # noqa: E402
 
 __version__ = build_info()["version"]
 
-__all__ = ["optim", "build_info", "cpu_capability", "__version__"]
+__all__ = ["optim", "nn", "build_info", "cpu_capability", "__version__"]

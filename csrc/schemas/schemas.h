@@ -7,5 +7,6 @@
 namespace fusedopt::schemas {
 
 void define_optimizer_ops(torch::Library& m);
+void define_dropout_ops(torch::Library& m);
 
 }  // namespace fusedopt::schemas

@@ -2,3 +2,4 @@
 typed wrappers, one module per op family. The schemas are defined in csrc/schemas/<family>.cpp."""
 
 from . import optimizers  # noqa: F401
+from . import dropout  # noqa: F401

@@ -15,12 +15,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import dropout  # noqa: E402
 import harness  # noqa: E402
 import optimizers  # noqa: E402
 import workloads  # noqa: E402
 
 # Benchmark groups by name; each op family's module contributes its GROUPS (name -> case builder).
-GROUPS = {**optimizers.GROUPS}
+GROUPS = {**optimizers.GROUPS, **dropout.GROUPS}
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}

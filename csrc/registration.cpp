@@ -19,6 +19,7 @@ TORCH_LIBRARY(fusedopt, m) {
   fusedopt::schemas::define_rmsprop_adagrad_ops(m);
   fusedopt::schemas::define_clipping_ops(m);
   fusedopt::schemas::define_batch_norm_ops(m);
+  fusedopt::schemas::define_dropout_ops(m);
 }
 
 namespace fusedopt::python {

@@ -11,5 +11,6 @@ void define_adam_ops(torch::Library& m);
 void define_rmsprop_adagrad_ops(torch::Library& m);
 void define_clipping_ops(torch::Library& m);
 void define_batch_norm_ops(torch::Library& m);
+void define_dropout_ops(torch::Library& m);
 
 }  // namespace fusedopt::schemas

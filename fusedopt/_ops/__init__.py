@@ -6,3 +6,4 @@ from . import optimizers  # noqa: F401
 from . import adam  # noqa: F401
 from . import rmsprop_adagrad  # noqa: F401
 from . import batch_norm  # noqa: F401
+from . import dropout  # noqa: F401

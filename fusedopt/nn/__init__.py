@@ -4,6 +4,7 @@
 from . import functional, utils
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from .convert import MODULE_MAP, convert_modules
+from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 
 __all__ = ["functional", "utils", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
-           "MODULE_MAP", "convert_modules"]
+           "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "MODULE_MAP", "convert_modules"]

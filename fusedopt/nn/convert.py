@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
+from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 
 # torch class -> fusedopt class, per family. Each fusedopt class subclasses its torch class and adds no
 # state of its own, which is what lets convert_modules swap instances in place.
@@ -15,9 +16,17 @@ BATCHNORM_MODULE_MAP: dict[type, type] = {
     torch.nn.SyncBatchNorm: SyncBatchNorm,
 }
 
-# Every family's map; other families (Dropout, ...) add theirs here.
+DROPOUT_MODULE_MAP: dict[type, type] = {
+    torch.nn.Dropout: Dropout,
+    torch.nn.Dropout1d: Dropout1d,
+    torch.nn.Dropout2d: Dropout2d,
+    torch.nn.Dropout3d: Dropout3d,
+}
+
+# Every family's map.
 MODULE_MAP: dict[type, type] = {
     **BATCHNORM_MODULE_MAP,
+    **DROPOUT_MODULE_MAP,
 }
 
 

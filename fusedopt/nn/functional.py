@@ -1,11 +1,18 @@
-"""Functional forms of fusedopt's layers, with torch.nn.functional's signatures."""
+"""Drop-in replacements for ``torch.nn.functional`` functions, backed by fusedopt's kernels."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Optional
 
-import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_unary
+
+from fusedopt._ops import dropout as _dropout_ops
+
+__all__ = ["batch_norm", "dropout", "dropout1d", "dropout2d", "dropout3d"]
+
 
 # ---- batch norm ------------------------------------------------------------------------------------
 
@@ -39,3 +46,104 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         raise RuntimeError("batch_norm: running_mean and running_var must be defined in evaluation mode "
                            "(training=False)")
     return BatchNormEval.apply(input, w, b, running_mean.detach().to(pdtype), running_var.detach().to(pdtype), eps)
+
+
+# ---- dropout --------------------------------------------------------------------------------------
+# Masks come from counter-based Philox (csrc/include/fusedopt/dropout.h): seed and offset from the
+# default generator of the input's device, so torch.manual_seed reproduces a run. Only a packed bit mask
+# (numel / 8 bytes; channel-wise: N * C / 8) is kept for backward. The output is contiguous whatever
+# input's strides (in-place variants write through input's own strides); mask bit i belongs to the
+# i-th element in row-major order.
+
+def _check_p(p: float) -> None:
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def _apply(input: Tensor, p: float, training: bool, inplace: bool, channel_wise: bool) -> Tensor:
+    # torch returns the input itself when nothing is dropped, before looking at its shape.
+    if p == 0 or not training or input.numel() == 0:
+        return input
+    group_size = 1
+    if channel_wise:
+        if input.dim() < 2:
+            raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+        group_size = math.prod(input.shape[2:])
+    if inplace:
+        return _dropout_ops.dropout_(input, p, group_size)
+    return _dropout_ops.dropout(input, p, group_size)[0]
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """As :func:`torch.nn.functional.dropout`."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
+    _check_p(p)
+    return _apply(input, p, training, inplace, channel_wise=False)
+
+
+def _unbatched_channel_dropout(input: Tensor, p: float, training: bool, inplace: bool,
+                               batched: bool) -> Tensor:
+    if batched:
+        return _apply(input, p, training, inplace, channel_wise=True)
+    result = _apply(input.unsqueeze(0), p, training, inplace, channel_wise=True)
+    # In place, the input (now holding the result) is returned itself, as torch does.
+    return input if inplace else result.squeeze(0)
+
+
+def dropout1d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """As :func:`torch.nn.functional.dropout1d`: channel-wise, on (N, C, L) or (C, L) inputs."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(dropout1d, (input,), input, p=p, training=training, inplace=inplace)
+    _check_p(p)
+    inp_dim = input.dim()
+    if inp_dim not in (2, 3):
+        raise RuntimeError(
+            f"dropout1d: Expected 2D or 3D input, but received a {inp_dim}D input. "
+            "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
+            "spatial dimension, a channel dimension, and an optional batch dimension "
+            "(i.e. 2D or 3D inputs).")
+    return _unbatched_channel_dropout(input, p, training, inplace, batched=inp_dim == 3)
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """As :func:`torch.nn.functional.dropout2d`: channel-wise on (N, C, H, W); a 3-D input is taken as
+    (N, C, L) with a warning, as torch does."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(dropout2d, (input,), input, p=p, training=training, inplace=inplace)
+    _check_p(p)
+    inp_dim = input.dim()
+    if inp_dim not in (3, 4):
+        warnings.warn(
+            f"dropout2d: Received a {inp_dim}-D input to dropout2d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            "and silence this warning, please use dropout instead. Note that dropout2d "
+            "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
+            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs).",
+            stacklevel=2)
+    if inp_dim == 3:
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
+            "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
+            "is the channel dim. This behavior will change in a future release to interpret the "
+            "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
+            "channel-wise dropout behavior, please switch to using dropout1d instead.",
+            stacklevel=2)
+    return _apply(input, p, training, inplace, channel_wise=True)
+
+
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """As :func:`torch.nn.functional.dropout3d`: channel-wise on (N, C, D, H, W) or (C, D, H, W)."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(dropout3d, (input,), input, p=p, training=training, inplace=inplace)
+    _check_p(p)
+    inp_dim = input.dim()
+    if inp_dim not in (4, 5):
+        warnings.warn(
+            f"dropout3d: Received a {inp_dim}-D input to dropout3d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            "and silence this warning, please use dropout instead. Note that dropout3d "
+            "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
+            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs).",
+            stacklevel=2)
+    return _unbatched_channel_dropout(input, p, training, inplace, batched=inp_dim == 5)

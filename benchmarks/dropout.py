@@ -1,0 +1,87 @@
+"""Dropout benchmarks: fusedopt.nn.functional.dropout against torch.nn.functional.dropout, forward and
+forward+backward, with the bytes each saves for backward (measured with saved_tensors_hooks in the same
+run and shown in the case name).
+
+Every call allocates its output (and torch its noise tensor) afresh, as in training; on CPU, first-touch
+page faults of those fresh buffers are a large part of both sides' time and are left in on purpose.
+The in-place cases show the same work without a fresh output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+
+import fusedopt.nn.functional as FF
+from harness import OPTIONS, Case, Variant
+
+_SIZE = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
+P = 0.1
+
+
+def saved_bytes(fn, x) -> int:
+    """Bytes of the tensors autograd saves for backward in one forward call."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.untyped_storage().nbytes() if not (t is x) else 0  # the input is not extra memory
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return total
+
+
+def _mb(b: int) -> str:
+    return f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.1f} kB"
+
+
+def dropout_cases(device: str, dtype: torch.dtype, _sets) -> list[Case]:
+    sizes = [(12_800_000, torch.float32), (12_800_000, torch.bfloat16)]
+    if OPTIONS.quick:
+        sizes = [(200_000, torch.float32), (200_000, torch.bfloat16)]
+    cases = []
+    for n, dt in sizes:
+        es = _SIZE[dt]
+        label = f"{n / 1e6:g}M {str(dt).replace('torch.', '')} p={P}"
+
+        def fwd(f, n=n, dt=dt):
+            def setup():
+                x = torch.randn(n, device=device, dtype=dt)
+                return lambda: f(x, P)
+            return setup
+
+        def fwd_bwd(f, n=n, dt=dt):
+            def setup():
+                x = torch.randn(n, device=device, dtype=dt, requires_grad=True)
+                g = torch.randn(n, device=device, dtype=dt)
+
+                def step():
+                    f(x, P).backward(g)
+                    x.grad = None
+                return step
+            return setup
+
+        def inplace(f, n=n, dt=dt):
+            def setup():
+                x = torch.randn(n, device=device, dtype=dt)
+                return lambda: f(x, P, inplace=True)
+            return setup
+
+        probe = torch.randn(n, device=device, dtype=dt, requires_grad=True)
+        saved_t, saved_f = saved_bytes(lambda t: TF.dropout(t, P), probe), saved_bytes(lambda t: FF.dropout(t, P), probe)
+        del probe
+        # fwd: read x, write out (+ mask n/8); fwd+bwd adds read grad, (mask), write grad_input
+        cases.append(Case("dropout", f"forward, {label}", device, str(dt).replace("torch.", ""), n, 1, 2 * es * n,
+                          [Variant("torch", fwd(TF.dropout), True), Variant("fusedopt", fwd(FF.dropout))]))
+        cases.append(Case("dropout", f"forward in place, {label}", device, str(dt).replace("torch.", ""), n, 1,
+                          2 * es * n, [Variant("torch", inplace(TF.dropout), True),
+                                       Variant("fusedopt", inplace(FF.dropout))]))
+        cases.append(Case("dropout", f"forward+backward, {label}, saved for backward: torch {_mb(saved_t)}, "
+                          f"fusedopt {_mb(saved_f)}", device, str(dt).replace("torch.", ""), n, 1, 4 * es * n,
+                          [Variant("torch", fwd_bwd(TF.dropout), True), Variant("fusedopt", fwd_bwd(FF.dropout))]))
+    return cases
+
+
+GROUPS = {"dropout": dropout_cases}

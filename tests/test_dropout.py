@@ -1,0 +1,382 @@
+"""fusedopt dropout: Philox known answers, the mask scheme, statistics, autograd, and the torch-compatible
+functional and module API (fusedopt.nn)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import fusedopt
+import fusedopt.nn.functional as FF
+from conftest import DEVICES, DTYPES, HAS_CUDA
+
+ops = torch.ops.fusedopt
+
+# Random123's kat_vectors (Salmon et al., SC'11): counter words, key words -> output words.
+PHILOX_KAT = [
+    ([0x00000000] * 4, [0x00000000] * 2, [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+    ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+    ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
+     [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
+]
+
+
+def philox(counters, keys, device="cpu", torch_engine=False):
+    c = torch.tensor(counters, dtype=torch.long, device=device).reshape(-1, 4)
+    k = torch.tensor(keys, dtype=torch.long, device=device).reshape(-1, 2)
+    return ops._philox4x32_10(c, k, torch_engine).cpu()
+
+
+def threshold(p):
+    t = round((1 - p) * 2**32)
+    return min(max(t, 1), 2**32 - 1)
+
+
+def reference_keep(n, p, seed, offset=0):
+    """Keep flags of n elements by the documented scheme, from the scalar Philox op."""
+    blocks = (n + 3) // 4
+    k = torch.arange(blocks, dtype=torch.long)
+    base = offset // 4
+    counters = torch.stack([torch.full_like(k, base & 0xFFFFFFFF), torch.full_like(k, base >> 32),
+                            k & 0xFFFFFFFF, k >> 32], 1)
+    s = seed & 0xFFFFFFFFFFFFFFFF
+    keys = torch.tensor([[s & 0xFFFFFFFF, s >> 32]] * blocks, dtype=torch.long).reshape(-1, 2)
+    draws = ops._philox4x32_10(counters, keys).reshape(-1)[:n]
+    return draws < threshold(p)
+
+
+def unpack(mask, n):
+    bits = (mask.cpu().long().unsqueeze(1) >> torch.arange(8)) & 1
+    return bits.reshape(-1)[:n].bool()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_philox_known_answers(device):
+    for ctr, key, expected in PHILOX_KAT:
+        assert philox(ctr, key, device).reshape(-1).tolist() == expected
+
+
+def test_philox_agrees_with_torchs_engine():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randint(0, 2**32, (500, 4), generator=g, dtype=torch.long)
+    k = torch.randint(0, 2**32, (500, 2), generator=g, dtype=torch.long)
+    for ctr, key, expected in PHILOX_KAT:
+        assert ops._philox4x32_10(torch.tensor([ctr]), torch.tensor([key]), True).reshape(-1).tolist() == expected
+    assert torch.equal(ops._philox4x32_10(c, k), ops._philox4x32_10(c, k, True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [1, 5, 8, 63, 64, 65, 127, 1000, 70001])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_mask_follows_the_documented_scheme(device, n, p):
+    seed, offset = 0x123456789ABCDEF, 40
+    x = torch.randn(n, device=device)
+    out, mask = ops.dropout(x, p, seed=seed, offset=offset)
+    assert mask.dtype == torch.uint8 and mask.shape == ((n + 7) // 8,)
+    keep = reference_keep(n, p, seed, offset)
+    assert torch.equal(unpack(mask, n), keep)
+    # bits past the last element are zero
+    assert (mask.cpu().long().unsqueeze(1) >> torch.arange(8) & 1).reshape(-1)[n:].sum() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (1,), (3, 5, 7), (257,), (64, 33), (4, 3, 5, 5), (70001,)])
+def test_output_is_input_times_mask_over_keep_probability(device, dtype, shape):
+    p = 0.3
+    x = torch.randn(shape, dtype=torch.float64).to(dtype=dtype, device=device)
+    out, mask = ops.dropout(x, p, seed=7)
+    keep = unpack(mask, x.numel()).reshape(shape).to(device)
+    # torch's own arithmetic: noise = mask / (1 - p) in the input's dtype, then input * noise
+    noise = keep.to(dtype).div_(1 - p)
+    if dtype in (torch.float32, torch.float64):
+        torch.testing.assert_close(out, x * noise, rtol=0, atol=0)
+    else:  # we round once from float32; torch rounds the noise to the half type first
+        expected = x.float() * keep.float() / (1 - p)
+        torch.testing.assert_close(out.float(), expected, rtol=2 ** -7 if dtype == torch.bfloat16 else 2 ** -10,
+                                   atol=0)
+    assert out.is_contiguous() and out.shape == x.shape and out.dtype == dtype
+
+
+def test_dropped_inf_gives_nan_like_torch():
+    x = torch.full((64,), float("inf"))
+    out, mask = ops.dropout(x, 0.5, seed=1)
+    keep = unpack(mask, 64)
+    assert torch.isnan(out[~keep]).all() and torch.isinf(out[keep]).all()
+
+
+@pytest.mark.parametrize("p", [0.01, 0.1, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("n", [1000, 100_003, 2_000_000])
+def test_kept_fraction_within_binomial_bounds(p, n):
+    _, mask = ops.dropout(torch.zeros(n), p, seed=n + int(p * 1000))
+    kept = unpack(mask, n).sum().item()
+    q = 1 - p
+    assert abs(kept - n * q) <= 5 * math.sqrt(n * q * p) + 1
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_no_structure_across_lanes_and_blocks(p):
+    n = 1 << 22
+    _, mask = ops.dropout(torch.zeros(n), p, seed=99)
+    keep = unpack(mask, n).double()
+    q = 1 - p
+    for k in (2, 4, 8, 16, 64, 1024):  # lanes of a Philox call, mask bytes, SIMD chunks, blocks
+        rates = keep.reshape(-1, k).mean(0)
+        per = n // k
+        assert (rates - q).abs().max() <= 5 * math.sqrt(q * p / per), k
+    # adjacent bits (within and across Philox calls) and bits 4 and 64 apart are uncorrelated
+    for lag in (1, 3, 4, 64):
+        a, b = keep[:-lag] - q, keep[lag:] - q
+        corr = (a * b).mean() / (q * p)
+        assert abs(corr) <= 5 / math.sqrt(n), lag
+
+
+def test_seed_reproduces_and_successive_calls_differ():
+    x = torch.randn(10_000)
+    torch.manual_seed(3)
+    a1, a2 = FF.dropout(x, 0.5), FF.dropout(x, 0.5)
+    torch.manual_seed(3)
+    b1, b2 = FF.dropout(x, 0.5), FF.dropout(x, 0.5)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.equal(a1, a2)
+    # explicit (seed, offset): a pure function of them; another offset gives another mask
+    m1 = ops.dropout(x, 0.5, seed=5, offset=8)[1]
+    assert torch.equal(m1, ops.dropout(x, 0.5, seed=5, offset=8)[1])
+    assert not torch.equal(m1, ops.dropout(x, 0.5, seed=5, offset=12)[1])
+    assert not torch.equal(m1, ops.dropout(x, 0.5, seed=6, offset=8)[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_uses_the_forward_mask(dtype):
+    x = (torch.rand(5000, dtype=torch.float64) + 0.5).to(dtype).requires_grad_()
+    y = FF.dropout(x, 0.4)
+    g = torch.randn(5000, dtype=dtype)
+    y.backward(g)
+    keep = y.detach() != 0
+    expected = g.double() * keep.double() / 0.6
+    torch.testing.assert_close(x.grad.double(), expected, rtol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6,
+                               atol=0)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_saved_memory_is_the_packed_mask(inplace):
+    n = 1 << 20
+    saved = []
+
+    def pack(t):
+        saved.append(t.untyped_storage().nbytes())
+        return t
+
+    x = torch.randn(n, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        src = x * 1 if inplace else x
+        y = FF.dropout(src, 0.5, inplace=inplace)
+    y.sum().backward()
+    assert sum(saved) <= n // 8 + 64, saved
+
+
+def test_gradcheck_float64_with_fixed_seed():
+    x = torch.randn(3, 70, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: ops.dropout(t, 0.3, seed=11)[0], (x,))
+    torch.autograd.gradgradcheck(lambda t: ops.dropout(t, 0.3, seed=11)[0], (x,))
+    torch.autograd.gradcheck(lambda t: ops.dropout(t, 0.3, 7, seed=11)[0], (x,))
+
+    def inplace(t):
+        return fusedopt._ops.dropout.dropout_(t.clone(), 0.3, seed=11)
+    torch.autograd.gradcheck(inplace, (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x = torch.randn(4, 33, device=device)
+    torch.library.opcheck(ops.dropout.default, (x, 0.3), {"seed": 3, "offset": 4})
+    torch.library.opcheck(ops.dropout.default, (x, 0.3, 33), {"seed": 3})
+    torch.library.opcheck(ops.dropout_.default, (x.clone(), 0.3), {"seed": 3})
+    _, mask = ops.dropout(x, 0.3, seed=3)
+    torch.library.opcheck(ops.dropout_backward.default, (torch.randn(4, 33, device=device), mask, 0.3))
+    c = torch.randint(0, 2**32, (5, 4), device=device)
+    torch.library.opcheck(ops._philox4x32_10.default, (c, c[:, :2].contiguous()))
+
+
+def test_identity_cases_and_p_one():
+    x = torch.randn(100)
+    assert FF.dropout(x, 0.0) is x
+    assert FF.dropout(x, 0.5, training=False) is x
+    assert FF.dropout(x, 0.5, training=False, inplace=True) is x
+    empty = torch.empty(0, 3)
+    assert FF.dropout(empty, 0.5) is empty
+    assert torch.equal(FF.dropout(x, 1.0), torch.zeros(100))
+    assert torch.isnan(FF.dropout(torch.tensor([float("inf")]), 1.0)).all()  # torch: inf * 0
+    m = fusedopt.nn.Dropout(0.5)
+    m.eval()
+    assert m(x) is x
+    y = x.clone()
+    out = FF.dropout(y, 0.5, inplace=True)
+    assert out is y and ((y == 0) | torch.isclose(y, x * 2)).all()
+    # p = 0 and p = 1 through the op: the mask says so
+    _, mask = ops.dropout(torch.randn(13), 0.0)
+    assert unpack(mask, 13).all() and mask[-1].item() == 0b11111
+    _, mask = ops.dropout(torch.randn(13), 1.0)
+    assert not unpack(mask, 13).any()
+
+
+def test_non_contiguous_inputs_give_contiguous_outputs_in_logical_order():
+    base = torch.randn(40, 30)
+    for x in (base.t(), base[:, ::2], base[1:, 1:]):
+        out, mask = ops.dropout(x, 0.5, seed=21)
+        ref_out, ref_mask = ops.dropout(x.contiguous(), 0.5, seed=21)
+        assert out.is_contiguous() and torch.equal(out, ref_out) and torch.equal(mask, ref_mask)
+        y = x.clone()
+        y_t = y.t() if x.stride(0) == 1 else y  # also a strided in-place target
+        target = y_t.t() if x.stride(0) == 1 else y
+        m = ops.dropout_(target, 0.5, seed=21)
+        assert torch.equal(m, ref_mask) and torch.equal(target, ref_out)
+
+
+def test_inplace_autograd():
+    x = torch.randn(1000, requires_grad=True)
+    h = x * 2
+    y = FF.dropout(h, 0.5, inplace=True)
+    assert y is h
+    y.backward(torch.ones(1000))
+    torch.testing.assert_close(x.grad, (y.detach() != 0).float() * 4)
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        FF.dropout(torch.randn(10, requires_grad=True), 0.5, inplace=True)
+
+
+@pytest.mark.parametrize("fn,shape,channels", [
+    (FF.dropout1d, (4, 16, 9), 64), (FF.dropout1d, (16, 9), 16),
+    (FF.dropout2d, (4, 16, 5, 3), 64), (FF.dropout3d, (2, 16, 3, 2, 4), 32), (FF.dropout3d, (16, 3, 2, 4), 16)])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_channel_wise_masks(fn, shape, channels, inplace):
+    torch.manual_seed(0)
+    x = torch.rand(shape) + 1
+    x0 = x.clone()
+    out = fn(x, 0.5, inplace=inplace)
+    if inplace:
+        assert out is x
+    assert out.shape == x0.shape
+    per_channel = (out != 0).reshape(channels, -1)
+    assert (per_channel.all(1) | ~per_channel.any(1)).all()
+    assert 0 < per_channel.all(1).sum() < channels
+    kept = per_channel.all(1)
+    torch.testing.assert_close(out.reshape(channels, -1)[kept], x0.reshape(channels, -1)[kept] * 2)
+
+
+def test_channel_wise_gradient_and_memory():
+    x = torch.rand(8, 32, 6, 6, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.untyped_storage().nbytes()) or t,
+                                                  lambda t: t):
+        y = FF.dropout2d(x, 0.5)
+    y.sum().backward()
+    assert sum(saved) <= 8 * 32 // 8
+    torch.testing.assert_close(x.grad, (y.detach() != 0).float() * 2)
+
+
+def test_dimension_rules_and_warnings_match_torch():
+    with pytest.raises(RuntimeError, match="dropout1d: Expected 2D or 3D input"):
+        FF.dropout1d(torch.randn(2, 3, 4, 5))
+    with pytest.warns(UserWarning, match="Received a 3D input to dropout2d"):
+        FF.dropout2d(torch.randn(2, 3, 4))
+    with pytest.warns(UserWarning, match="Received a 2-D input to dropout2d"):
+        FF.dropout2d(torch.randn(2, 3))
+    with pytest.warns(UserWarning, match="Received a 3-D input to dropout3d"):
+        FF.dropout3d(torch.randn(2, 3, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="Feature dropout requires at least 2 dimensions"):
+            FF.dropout2d(torch.randn(5))
+        with pytest.raises(RuntimeError, match="Feature dropout requires at least 2 dimensions"):
+            torch.nn.functional.dropout2d(torch.randn(5))
+
+
+@pytest.mark.parametrize("fn", [FF.dropout, FF.dropout1d, FF.dropout2d, FF.dropout3d])
+def test_p_outside_unit_interval_is_a_value_error(fn):
+    for p in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1, but got"):
+            fn(torch.randn(2, 3, 4, 5), p)
+
+
+def test_modules_are_torch_drop_ins():
+    for ours, theirs in [(fusedopt.nn.Dropout, torch.nn.Dropout), (fusedopt.nn.Dropout1d, torch.nn.Dropout1d),
+                         (fusedopt.nn.Dropout2d, torch.nn.Dropout2d), (fusedopt.nn.Dropout3d, torch.nn.Dropout3d)]:
+        m = ours(0.25, inplace=True)
+        assert isinstance(m, theirs) and repr(m) == repr(theirs(0.25, inplace=True))
+        with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
+            ours(1.5)
+    torch.manual_seed(1)
+    y = fusedopt.nn.Dropout(0.5)(torch.ones(1000))
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
+
+
+def test_op_errors_name_the_argument():
+    x = torch.randn(10)
+    with pytest.raises(RuntimeError, match="input must be a float32, float64, float16 or bfloat16"):
+        ops.dropout(torch.arange(10), 0.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        ops.dropout(x, 1.5)
+    with pytest.raises(ValueError, match="group_size"):
+        ops.dropout(x, 0.5, 3)
+    with pytest.raises(ValueError, match="offset must be a non-negative multiple of 4"):
+        ops.dropout(x, 0.5, seed=1, offset=3)
+    with pytest.raises(ValueError, match="offset is only meaningful with an explicit seed"):
+        ops.dropout(x, 0.5, offset=4)
+    _, mask = ops.dropout(x, 0.5)
+    with pytest.raises(ValueError, match="mask has 2 bytes"):
+        ops.dropout_backward(torch.randn(100), mask, 0.5)
+    with pytest.raises(RuntimeError, match="mask must be a contiguous 1-d uint8"):
+        ops.dropout_backward(x, mask.float(), 0.5)
+
+
+_VARIANT_PROBE = """
+import torch, fusedopt
+out, mask = torch.ops.fusedopt.dropout(torch.arange(100003, dtype=torch.float32), 0.3, seed=77, offset=4)
+print(fusedopt.cpu_capability()); print(int(mask.long().sum()), float(out.double().sum()))
+"""
+
+
+def test_every_cpu_variant_draws_the_same_mask():
+    from fusedopt._build_info import BUILD_INFO
+    order = ["DEFAULT", "AVX2", "AVX512"]
+    best = torch.backends.cpu.get_cpu_capability()
+    runs = set()
+    for cap in BUILD_INFO["cpu_capabilities"]:
+        if best in order and order.index(cap) > order.index(best):
+            continue
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=cap.lower())
+        proc = subprocess.run([sys.executable, "-c", _VARIANT_PROBE], capture_output=True, text=True, env=env,
+                              cwd="/")
+        assert proc.returncode == 0, proc.stderr
+        name, values = proc.stdout.split("\n")[:2]
+        assert name == cap
+        runs.add(values)
+    assert len(runs) == 1, runs
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_and_cuda_masks_are_identical(dtype):
+    for n, g in [(1, 1), (70001, 1), (1 << 20, 1), (64 * 33, 33)]:
+        x = torch.randn(n, dtype=torch.float64).to(dtype)
+        out_c, mask_c = ops.dropout(x, 0.3, g, seed=2**63 - 25, offset=1 << 36)
+        out_g, mask_g = ops.dropout(x.cuda(), 0.3, g, seed=2**63 - 25, offset=1 << 36)
+        assert torch.equal(mask_c, mask_g.cpu())
+        torch.testing.assert_close(out_g.cpu(), out_c, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_cuda_generator_reproduces_and_advances():
+    x = torch.randn(10_000, device="cuda")
+    torch.manual_seed(4)
+    a1, a2 = FF.dropout(x, 0.5), FF.dropout(x, 0.5)
+    torch.manual_seed(4)
+    assert torch.equal(a1, FF.dropout(x, 0.5)) and not torch.equal(a1, a2)

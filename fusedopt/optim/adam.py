@@ -31,8 +31,9 @@ class Adam(torch.optim.Adam):
     by torch's default path are moved to the param's device on load). ``foreach`` and ``fused`` are
     accepted for compatibility and recorded, but the step is always fused. ``capturable=True`` is
     accepted: step counts and a tensor ``lr`` already live on the params' device and the CUDA step
-    never synchronises with the host, but CUDA-graph capture of ``step()`` is untested (no GPU was
-    available when this was written). ``differentiable=True``, sparse gradients and complex
+    does not synchronise with the host (``betas`` given as CUDA tensors are read on the host once per
+    step), but CUDA-graph capture of ``step()`` is untested (no GPU was available when this was
+    written; the op itself has a capture test that runs on a GPU). ``differentiable=True``, sparse gradients and complex
     parameters are not supported and raise before anything is modified. Works with
     ``torch.amp.GradScaler``: grads are unscaled inside the kernel and a step with non-finite grads
     changes nothing, step counts included.

@@ -23,10 +23,20 @@ import dropout  # noqa: E402
 import harness  # noqa: E402
 import optimizers  # noqa: E402
 import rmsprop_adagrad  # noqa: E402
+import training  # noqa: E402
 import workloads  # noqa: E402
 
 # Benchmark groups by name; each op family's module contributes its GROUPS (name -> case builder).
-GROUPS = {**optimizers.GROUPS, **adam.GROUPS, **batchnorm.GROUPS, **clip.GROUPS, **distributed.GROUPS, **dropout.GROUPS, **rmsprop_adagrad.GROUPS}
+GROUPS = {
+    **optimizers.GROUPS,
+    **adam.GROUPS,
+    **batchnorm.GROUPS,
+    **clip.GROUPS,
+    **distributed.GROUPS,
+    **dropout.GROUPS,
+    **rmsprop_adagrad.GROUPS,
+    **training.GROUPS,
+}
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}

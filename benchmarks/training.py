@@ -72,3 +72,6 @@ def training_cases(device: str, dtype: torch.dtype, param_sets) -> list[Case]:
     ]
     n_params = sum(p.numel() for p in _model(nn.BatchNorm2d, nn.Dropout, width).parameters())
     return [Case("training", f"CNN step, {shape}", device, "float32", n_params, 0, None, variants)]
+
+
+GROUPS = {"training": training_cases}

@@ -37,6 +37,11 @@ OPTIMIZERS = {
     "sgd-dampening": (fusedopt.optim.SGD, torch.optim.SGD,
                       dict(lr=0.05, momentum=0.8, dampening=0.25, weight_decay=0.02, maximize=True)),
     "sgd-plain": (fusedopt.optim.SGD, torch.optim.SGD, dict(lr=0.1)),
+    "adamw-amsgrad": (fusedopt.optim.AdamW, torch.optim.AdamW,
+                      dict(lr=0.01, weight_decay=0.05, amsgrad=True)),
+    "rmsprop-centered": (fusedopt.optim.RMSprop, torch.optim.RMSprop,
+                         dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01)),
+    "adagrad": (fusedopt.optim.Adagrad, torch.optim.Adagrad, dict(lr=0.05, lr_decay=0.01)),
 }
 
 STEPS = 5

@@ -407,3 +407,59 @@ def test_sgd_clipping_options():
     opt2 = fusedopt.optim.SGD(ps, lr=0.1, max_grad_norm=1.0)
     opt2.step()
     assert opt2.last_grad_norm.item() == 0.0
+
+
+# ---- clipping folded into every other fusedopt optimizer ---------------------------------------------
+
+FOLDED_OPTIMIZERS = {
+    "Adam": (lambda ps, **kw: fusedopt.optim.Adam(ps, lr=0.01, amsgrad=True, **kw),
+             lambda ps: torch.optim.Adam(ps, lr=0.01, amsgrad=True, foreach=False)),
+    "AdamW": (lambda ps, **kw: fusedopt.optim.AdamW(ps, lr=0.01, weight_decay=0.1, **kw),
+              lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, foreach=False)),
+    "RMSprop": (lambda ps, **kw: fusedopt.optim.RMSprop(ps, lr=0.01, momentum=0.9, centered=True, **kw),
+                lambda ps: torch.optim.RMSprop(ps, lr=0.01, momentum=0.9, centered=True, foreach=False)),
+    "Adagrad": (lambda ps, **kw: fusedopt.optim.Adagrad(ps, lr=0.1, lr_decay=0.01, **kw),
+                lambda ps: torch.optim.Adagrad(ps, lr=0.1, lr_decay=0.01, foreach=False)),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(FOLDED_OPTIMIZERS))
+@pytest.mark.parametrize("p", [2.0, INF])
+@pytest.mark.parametrize("grad_scaler", [False, True])
+def test_folded_clipping_every_optimizer(device, name, p, grad_scaler):
+    """<Optimizer>(max_grad_norm=...) equals clip_grad_norm_ then torch's step, with GradScaler too
+    (where the norm is that of the unscaled grads)."""
+    if grad_scaler and device != "cpu":
+        pytest.skip("the CPU GradScaler is enough to check the folded unscale")
+    make_ours, make_theirs = FOLDED_OPTIMIZERS[name]
+    ours, theirs = _sgd_pair(torch.float32, device, seed=11, nonempty=p == INF)
+    opt = make_ours(ours, max_grad_norm=0.4, grad_norm_type=p)
+    ref = make_theirs(theirs)
+    scale = 256.0 if grad_scaler else 1.0
+    if grad_scaler:
+        s_ours = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=1000)
+        s_theirs = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=1000)
+        s_ours.scale(torch.ones(())), s_theirs.scale(torch.ones(()))
+    for step in range(4):
+        for a, b in zip(ours, theirs):
+            if a.grad is not None:
+                g = torch.randn_like(a) * 3
+                a.grad.copy_(g * scale)
+                b.grad.copy_(g * scale)
+        if grad_scaler:
+            s_ours.step(opt)
+            s_ours.update()
+            s_theirs.unscale_(ref)
+            n = torch.nn.utils.clip_grad_norm_(theirs, 0.4, p)
+            s_theirs.step(ref)
+            s_theirs.update()
+        else:
+            opt.step()
+            n = torch.nn.utils.clip_grad_norm_(theirs, 0.4, p)
+            ref.step()
+        torch.testing.assert_close(opt.last_grad_norm, n, **_norm_tol([torch.float32], p))
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+            if a.grad is not None:
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)

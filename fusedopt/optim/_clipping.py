@@ -12,6 +12,30 @@ import torch
 from torch import Tensor
 
 
+def init_folded_clipping(optimizer, max_grad_norm: float | None, grad_norm_type: float) -> None:
+    """Checks and stores the ``max_grad_norm``/``grad_norm_type`` constructor arguments. They are
+    attributes of the optimizer, not of its param groups, so ``state_dict`` keeps torch's layout."""
+    if max_grad_norm is not None:
+        max_grad_norm = float(max_grad_norm)
+        if not max_grad_norm >= 0.0:
+            raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}; expected a number >= 0")
+    grad_norm_type = float(grad_norm_type)
+    if grad_norm_type != grad_norm_type:
+        raise ValueError("Invalid grad_norm_type value: nan")
+    optimizer.max_grad_norm = max_grad_norm
+    optimizer.grad_norm_type = grad_norm_type
+    optimizer.last_grad_norm = None
+
+
+def step_grad_scales(optimizer, collected: list, grad_scale: Tensor | None) -> dict | None:
+    """{device: grad scale for the kernels} when the optimizer clips (``max_grad_norm`` set), else
+    None (the kernels then take GradScaler's ``grad_scale`` as it is)."""
+    if getattr(optimizer, "max_grad_norm", None) is None:
+        return None
+    return folded_clip_grad_scales(optimizer, collected, grad_scale, optimizer.max_grad_norm,
+                                   optimizer.grad_norm_type)
+
+
 def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | None, max_norm: float,
                             norm_type: float) -> dict[torch.device, Tensor]:
     """Clip coefficients for one step, folded into per-device grad scales.
@@ -19,7 +43,7 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
     Contract (every fusedopt optimizer with ``max_grad_norm`` calls this at the start of ``step()``,
     after collecting and checking all groups and before launching any kernel):
 
-    - ``collected``: the step's ``(group, CollectedGroup)`` pairs (``_common.collect``), all groups and
+    - ``collected``: the step's ``(group, CollectedGroup, ...)`` tuples (``_common.collect``), all groups and
       devices; only ``CollectedGroup.grads`` is read.
     - ``grad_scale``: GradScaler's ``optimizer.grad_scale`` (None without GradScaler, or when the grads
       were already unscaled).
@@ -40,11 +64,35 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
     - Returns {} (and sets ``last_grad_norm`` to ``tensor(0.)``) when no param has a grad.
     """
     from ..nn.utils.clip_grad import get_total_norm
-    grads = [g for _, c in collected for g in c.grads]
+    grads = [g for entry in collected for g in entry[1].grads]
+    # FSDP2: the kernels see local shards, but the norm is over the whole (DTensor) grads of every
+    # rank; get_total_norm all-reduces it across their mesh.
+    sharded = _dtensor_grads(collected)
+    if sharded is not None:
+        norm = get_total_norm(sharded, norm_type)
+        norm = norm.to_local() if hasattr(norm, "to_local") else norm
+        return _scales(optimizer, grads, norm, grad_scale, max_norm)
     if not grads:
         optimizer.last_grad_norm = torch.tensor(0.0)
         return {}
     norm = get_total_norm(grads, norm_type)
+    return _scales(optimizer, grads, norm, grad_scale, max_norm)
+
+
+def _dtensor_grads(collected: list) -> list | None:
+    """The params' own (DTensor) grads when any collected param is a DTensor, else None."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    params = [p for entry in collected for p in entry[1].params]
+    if not any(isinstance(p, DTensor) for p in params):
+        return None
+    return [p.grad for p in params]
+
+
+def _scales(optimizer, grads: list[Tensor], norm: Tensor, grad_scale: Tensor | None,
+            max_norm: float) -> dict[torch.device, Tensor]:
     if grad_scale is not None:
         norm = norm / grad_scale.to(norm.device, non_blocking=True)
     optimizer.last_grad_norm = norm

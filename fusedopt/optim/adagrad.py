@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from . import _common, _step_state
+from . import _clipping, _common, _step_state
 
 _NAME = "fusedopt.optim.Adagrad"
 
@@ -24,6 +24,12 @@ class Adagrad(torch.optim.Adagrad):
     for-loop Adagrad takes) and complex parameters are not supported and raise before anything is
     modified. Works with ``torch.amp.GradScaler``: grads are unscaled inside the kernel and a step with
     non-finite grads changes nothing, step counts included.
+
+    ``max_grad_norm`` (keyword-only, default None: off) clips the gradients by their total
+    ``grad_norm_type``-norm, as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm,
+    grad_norm_type)`` right before the update would, folded into the step's kernels (see
+    ``fusedopt.optim._clipping``); with GradScaler the norm is that of the unscaled grads. The norm
+    is kept as a device tensor in ``last_grad_norm``; ``state_dict`` keeps torch's layout.
     """
 
     def __init__(
@@ -39,6 +45,8 @@ class Adagrad(torch.optim.Adagrad):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        max_grad_norm: float | None = None,
+        grad_norm_type: float = 2.0,
     ) -> None:
         # The checks and messages of torch.optim.Adagrad.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -71,6 +79,7 @@ class Adagrad(torch.optim.Adagrad):
         torch.optim.Optimizer.__init__(self, params, defaults)
         # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
         self._step_supports_amp_scaling = True
+        _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state[p]
@@ -110,6 +119,8 @@ class Adagrad(torch.optim.Adagrad):
                 collected.append((group, c, _step_state.check(c, _NAME, i)))
         grad_scale, found_inf = _common.grad_scaler_tensors(self)
 
+        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
+        scales = _clipping.step_grad_scales(self, collected, grad_scale)
         moved: dict = {}
         for group, c, step_fixes in collected:
             replaced = _common.repair_layouts(c, self.state)
@@ -120,9 +131,10 @@ class Adagrad(torch.optim.Adagrad):
                 c, self.state, "sum", lambda p: self._initial_sum(p, group["initial_accumulator_value"]))
             for part in c.by_device():
                 device = part.device
-                self._run(group, part, _common.on_device(grad_scale, device, moved),
+                scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
+                self._run(group, part, scale,
                           _common.on_device(found_inf, device, moved))
-            if grad_scale is not None:
+            if grad_scale is not None or scales is not None:
                 _common.write_back_grads(c, replaced)
         return loss
 

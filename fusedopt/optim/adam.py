@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from . import _common
+from . import _clipping, _common
 
 _HALF = (torch.float16, torch.bfloat16)
 # State keys kept in float32 for float16/bfloat16 params under master_weights=True.
@@ -43,6 +43,12 @@ class Adam(torch.optim.Adam):
     writes its rounded value to the param in the same pass, so small updates are not lost to the
     param's precision. Other params are unaffected. A torch optimizer loading such a checkpoint
     ignores ``master_param`` and casts the states to the params' dtype.
+
+    ``max_grad_norm`` (keyword-only, default None: off) clips the gradients by their total
+    ``grad_norm_type``-norm, as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm,
+    grad_norm_type)`` right before the update would, folded into the step's kernels (see
+    ``fusedopt.optim._clipping``); with GradScaler the norm is that of the unscaled grads. The norm
+    is kept as a device tensor in ``last_grad_norm``; ``state_dict`` keeps torch's layout.
     """
 
     _NAME = "fusedopt.optim.Adam"
@@ -63,6 +69,8 @@ class Adam(torch.optim.Adam):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         master_weights: bool = False,
+        max_grad_norm: float | None = None,
+        grad_norm_type: float = 2.0,
     ) -> None:
         # torch.optim.Adam's constructor: its checks, messages and param-group defaults.
         torch.optim.Adam.__init__(
@@ -75,6 +83,7 @@ class Adam(torch.optim.Adam):
         self.master_weights = bool(master_weights)
         # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
         self._step_supports_amp_scaling = True
+        _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -145,15 +154,18 @@ class Adam(torch.optim.Adam):
         # which the next step treats exactly like absent state.
         grad_scale, found_inf = _common.grad_scaler_tensors(self)
 
+        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
+        scales = _clipping.step_grad_scales(self, collected, grad_scale)
         moved: dict = {}
         for group, c in collected:
             half = self._create_state(group, c)
             replaced = self._repair_layouts(c, half)
             for part in c.by_device():
                 device = part.device
-                self._run(group, part, half, _common.on_device(grad_scale, device, moved),
+                scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
+                self._run(group, part, half, scale,
                           _common.on_device(found_inf, device, moved))
-            if grad_scale is not None:
+            if grad_scale is not None or scales is not None:
                 _common.write_back_grads(c, replaced)
         return loss
 
@@ -188,15 +200,13 @@ class Adam(torch.optim.Adam):
         # float32 is what they must be, so only what differs from that is repaired.
         replaced = {}
         params, grads = c.params, c.grads
-        for i in c.grad_fixes:
+        for i in c.grad_fixes:  # as _common.repair_layouts: a DTensor's grad is repaired as its shard
             replaced[i] = grads[i]
-            c.set_grad(i, torch.empty_like(params[i]).copy_(grads[i]))
-        by_key: dict = {}
+            c.set_grad(i, torch.empty_like(c.local_param(i)).copy_(grads[i]))
         for key_index, i in c.state_fixes:
             key = c.keys[key_index]
-            if key not in by_key:
-                by_key[key] = c.state(key)
-            p, t = params[i], by_key[key][i]
+            p = params[i]
+            t = self.state[p][key]  # the stored state (a DTensor for a DTensor param)
             dtype = self._state_dtype(p)
             if not _same_layout(t, p, dtype):
                 fixed = torch.empty_like(p, dtype=dtype).copy_(t)
@@ -249,8 +259,11 @@ class AdamW(Adam, torch.optim.AdamW):
         differentiable: bool = False,
         fused: bool | None = None,
         master_weights: bool = False,
+        max_grad_norm: float | None = None,
+        grad_norm_type: float = 2.0,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=True, master_weights=master_weights)
+            decoupled_weight_decay=True, master_weights=master_weights, max_grad_norm=max_grad_norm,
+            grad_norm_type=grad_norm_type)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from . import _common, _step_state
+from . import _clipping, _common, _step_state
 
 _NAME = "fusedopt.optim.RMSprop"
 
@@ -23,6 +23,12 @@ class RMSprop(torch.optim.RMSprop):
     first step under GradScaler. ``differentiable=True``, sparse gradients and complex parameters are
     not supported and raise before anything is modified. Works with ``torch.amp.GradScaler``: grads
     are unscaled inside the kernel and a step with non-finite grads changes nothing.
+
+    ``max_grad_norm`` (keyword-only, default None: off) clips the gradients by their total
+    ``grad_norm_type``-norm, as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm,
+    grad_norm_type)`` right before the update would, folded into the step's kernels (see
+    ``fusedopt.optim._clipping``); with GradScaler the norm is that of the unscaled grads. The norm
+    is kept as a device tensor in ``last_grad_norm``; ``state_dict`` keeps torch's layout.
     """
 
     def __init__(
@@ -38,6 +44,9 @@ class RMSprop(torch.optim.RMSprop):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        *,
+        max_grad_norm: float | None = None,
+        grad_norm_type: float = 2.0,
     ) -> None:
         # The checks and messages of torch.optim.RMSprop.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -69,6 +78,7 @@ class RMSprop(torch.optim.RMSprop):
         torch.optim.Optimizer.__init__(self, params, defaults)
         # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
         self._step_supports_amp_scaling = True
+        _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
@@ -111,6 +121,8 @@ class RMSprop(torch.optim.RMSprop):
             if found_inf.item() != 0:
                 return loss
 
+        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
+        scales = _clipping.step_grad_scales(self, collected, grad_scale)
         moved: dict = {}
         for group, c, step_fixes in collected:
             replaced = _common.repair_layouts(c, self.state)
@@ -121,9 +133,10 @@ class RMSprop(torch.optim.RMSprop):
                     c, self.state, key, lambda p: torch.zeros_like(p, memory_format=torch.preserve_format))
             for part in c.by_device():
                 device = part.device
-                self._run(group, part, _common.on_device(grad_scale, device, moved),
+                scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
+                self._run(group, part, scale,
                           _common.on_device(found_inf, device, moved))
-            if grad_scale is not None:
+            if grad_scale is not None or scales is not None:
                 _common.write_back_grads(c, replaced)
         return loss
 

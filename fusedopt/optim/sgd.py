@@ -59,16 +59,6 @@ class SGD(torch.optim.SGD):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         if differentiable:
             raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.SGD")
-        if max_grad_norm is not None:
-            max_grad_norm = float(max_grad_norm)
-            if not max_grad_norm >= 0.0:
-                raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}; expected a number >= 0")
-        grad_norm_type = float(grad_norm_type)
-        if grad_norm_type != grad_norm_type:
-            raise ValueError("Invalid grad_norm_type value: nan")
-        self.max_grad_norm = max_grad_norm
-        self.grad_norm_type = grad_norm_type
-        self.last_grad_norm: Tensor | None = None
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -81,6 +71,7 @@ class SGD(torch.optim.SGD):
             "fused": fused,
         }
         torch.optim.Optimizer.__init__(self, params, defaults)
+        _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
         # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
         self._step_supports_amp_scaling = True
 
@@ -113,12 +104,8 @@ class SGD(torch.optim.SGD):
             # This is the only host synchronisation: once, on a param's first step.
             if found_inf.item() != 0:
                 return loss
-        if self.max_grad_norm is not None:
-            # Unscale and clip in the update kernels: one divisor per device (see _clipping).
-            scales = _clipping.folded_clip_grad_scales(self, collected, grad_scale, self.max_grad_norm,
-                                                       self.grad_norm_type)
-        else:
-            scales = None
+        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
+        scales = _clipping.step_grad_scales(self, collected, grad_scale)
 
         moved: dict = {}
         for group, c in collected:

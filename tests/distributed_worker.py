@@ -304,8 +304,38 @@ def case_bad_state(opt_name: str) -> None:
 # case name -> function(optimizer name), run on every rank for every entry of OPTIMIZERS. A case
 # that does not depend on the optimizer (e.g. fusedopt.nn.utils.clip_grad_norm_ on FSDP2's DTensor
 # grads against torch's) can ignore its argument, or run only for the first entry.
+CLIP = 0.05  # small enough that every step clips
+
+
+def case_fsdp2_folded_clip(opt_name: str) -> None:
+    """max_grad_norm= under FSDP2: the norm is of the whole grads (all ranks' shards), as
+    torch.nn.utils.clip_grad_norm_ then step() computes it in one process."""
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    model = fsdp2(make_model())
+    opt = fused_cls(model.parameters(), max_grad_norm=CLIP, **kwargs)
+    norms = []
+    for x, y in batches():
+        x, y = local_batch(x, y)
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+        norms.append(float(full(opt.last_grad_norm)))
+    ref = make_model()
+    ref_opt = torch_cls(ref.parameters(), **kwargs)
+    ref_norms = []
+    for x, y in batches():
+        ref_opt.zero_grad()
+        loss_fn(ref, x, y).backward()
+        ref_norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), CLIP)))
+        ref_opt.step()
+    assert min(ref_norms) > CLIP, f"the case does not clip: norms {ref_norms}"
+    torch.testing.assert_close(torch.tensor(norms), torch.tensor(ref_norms), **TOL)
+    compare(model.parameters(), [p.detach() for p in ref.parameters()], "FSDP2 folded clipping")
+
+
 CASES = {
     "ddp": case_ddp,
+    "fsdp2_folded_clip": case_fsdp2_folded_clip,
     "fsdp2": case_fsdp2,
     "zero": case_zero,
     "dcp": case_dcp,

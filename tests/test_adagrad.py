@@ -11,8 +11,9 @@ import torch
 
 import fusedopt
 from conftest import DEVICES, DTYPES, make_tensor, param_zoo
-from optim_parity import (Float32Reference, assert_close, assert_unchanged, exact_sqrt, fresh_model,
-                          snapshot, train)
+from optim_parity import (Float32Reference, assert_close, check_bad_input_in_later_group_modifies_nothing,
+                          check_grad_scaler_matches_torch, check_op_unscales_and_skips, exact_sqrt, fresh_model,
+                          train)
 
 OPTION_COMBOS = [
     dict(lr_decay=ld, weight_decay=wd, maximize=mx, initial_accumulator_value=iv)
@@ -229,27 +230,9 @@ def test_add_param_group_gets_state():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_grad_scaler_unscales_in_kernel_and_skips_nonfinite_steps(device):
-    results = []
-    for cls in (torch.optim.Adagrad, fusedopt.optim.Adagrad):
-        model = fresh_model(device)
-        opt = cls(model.parameters(), lr=0.05, lr_decay=0.1)
-        scaler = torch.amp.GradScaler(device, init_scale=2.0**10, growth_interval=2)
-        gen = torch.Generator().manual_seed(0)
-        for step in range(6):
-            x = torch.randn(32, 8, generator=gen).to(device)
-            if step in (0, 3):
-                x[0, 0] = float("inf")
-            opt.zero_grad()
-            scaler.scale(model(x).pow(2).mean()).backward()
-            scaler.step(opt)
-            scaler.update()
-        results.append((model, opt, scaler))
-    (m_ref, o_ref, s_ref), (m, o, s) = results
-    assert s.get_scale() == s_ref.get_scale()
-    for a, b in zip(m.parameters(), m_ref.parameters()):
-        assert_close(a, b, torch.float32)
-        assert_close(a.grad, b.grad, torch.float32)
-        assert o.state[a]["step"].item() == o_ref.state[b]["step"].item() == 4
+    kwargs = dict(lr=0.05, lr_decay=0.1)
+    check_grad_scaler_matches_torch(device, lambda ps: fusedopt.optim.Adagrad(ps, **kwargs),
+                                    [lambda ps: torch.optim.Adagrad(ps, **kwargs)], expected_steps=4)
 
 
 def _op_kwargs(**over):
@@ -265,14 +248,9 @@ def test_op_uses_each_tensors_own_step_and_honours_found_inf(device):
     sums = [torch.ones_like(t) for t in p]
     steps = [torch.tensor(0.0, device=device), torch.tensor(9.0, device=device)]
     p0, g0 = [t.clone() for t in p], [t.clone() for t in g]
-    scale = torch.tensor(8.0, device=device)
-    torch.ops.fusedopt.adagrad_(p, g, sums, steps, **_op_kwargs(lr_decay=0.5), grad_scale=scale,
-                                found_inf=torch.tensor(1.0, device=device))
-    for a, b in zip(p + g + sums, p0 + g0 + [torch.ones_like(t) for t in p]):
-        assert torch.equal(a, b)
-    assert [s.item() for s in steps] == [0, 9]
-    torch.ops.fusedopt.adagrad_(p, g, sums, steps, **_op_kwargs(lr_decay=0.5), grad_scale=scale,
-                                found_inf=torch.tensor(0.0, device=device))
+    check_op_unscales_and_skips(
+        device, lambda **amp: torch.ops.fusedopt.adagrad_(p, g, sums, steps, **_op_kwargs(lr_decay=0.5), **amp),
+        p + sums, g, steps=steps, shape=())
     assert [s.item() for s in steps] == [1, 10]
     for i, step in enumerate((1, 10)):
         clr = 0.1 / (1 + (step - 1) * 0.5)
@@ -311,27 +289,9 @@ def test_constructor_errors_match_torch():
 
 @pytest.mark.parametrize("bad", ["sparse", "complex", "step", "shape"])
 def test_bad_input_in_a_later_group_modifies_nothing(bad):
-    good = [torch.randn(4, requires_grad=True) for _ in range(2)]
-    odd = torch.randn(5, 3, requires_grad=True)
-    opt = fusedopt.optim.Adagrad([{"params": good}, {"params": [odd]}], lr=0.1)
-    for p in good + [odd]:
-        p.grad = torch.ones_like(p)
-    opt.step()
-    message = {"sparse": "sparse", "complex": "complex", "step": "step", "shape": "sum.*shape"}[bad]
-    if bad == "sparse":  # torch's for-loop Adagrad takes sparse grads; the fused step refuses them
-        odd.grad = torch.sparse_coo_tensor([[0, 2]], torch.ones(2, 3), (5, 3))
-    elif bad == "complex":
-        c = torch.randn(4, dtype=torch.complex64, requires_grad=True)
-        opt.add_param_group({"params": [c]})
-        c.grad = torch.ones(4, dtype=torch.complex64)
-    elif bad == "step":
-        opt.state[odd]["step"] = torch.zeros(2)
-    else:
-        opt.state[odd]["sum"] = torch.zeros(3, 5)
-    snap = snapshot(opt)
-    with pytest.raises((RuntimeError, ValueError), match=message):
-        opt.step()
-    assert_unchanged(opt, snap)
+    """sparse: torch's for-loop Adagrad takes sparse grads; the fused step refuses them."""
+    check_bad_input_in_later_group_modifies_nothing(fusedopt.optim.Adagrad, bad, kwargs=dict(lr=0.1),
+                                                    state_keys=("sum",))
 
 
 def _lists(n=3, dtype=torch.float32):

@@ -11,8 +11,9 @@ import torch
 
 import fusedopt
 from conftest import DEVICES, DTYPES, make_tensor, param_zoo
-from optim_parity import (Float32Reference, assert_close, assert_unchanged, exact_sqrt, fresh_model,
-                          snapshot, train)
+from optim_parity import (Float32Reference, assert_close, check_bad_input_in_later_group_modifies_nothing,
+                          check_grad_scaler_matches_torch, check_op_unscales_and_skips, exact_sqrt, fresh_model,
+                          train)
 
 # alpha 0.3 takes lerp_'s other branch (weight 1 - alpha >= 0.5) in the centered average.
 OPTION_COMBOS = [
@@ -249,29 +250,10 @@ def test_state_dict_keys_and_param_groups_equal_torch():
 def test_grad_scaler_unscales_in_kernel_and_skips_nonfinite_steps(device, momentum, centered):
     """With torch.amp.GradScaler the step unscales grads inside the kernel; a step with an inf grad
     changes nothing (params, state, step counts) and the scale backs off, as with torch."""
-    results = []
-    for cls in (torch.optim.RMSprop, fusedopt.optim.RMSprop):
-        model = fresh_model(device)
-        opt = cls(model.parameters(), lr=0.01, momentum=momentum, centered=centered)
-        scaler = torch.amp.GradScaler(device, init_scale=2.0**10, growth_interval=2)
-        gen = torch.Generator().manual_seed(0)
-        for step in range(6):
-            x = torch.randn(32, 8, generator=gen).to(device)
-            if step in (0, 3):
-                x[0, 0] = float("inf")
-            opt.zero_grad()
-            scaler.scale(model(x).pow(2).mean()).backward()
-            scaler.step(opt)
-            scaler.update()
-            if step == 0:
-                assert len(opt.state) == 0, "a skipped first step must not create state"
-        results.append((model, opt, scaler))
-    (m_ref, o_ref, s_ref), (m, o, s) = results
-    assert s.get_scale() == s_ref.get_scale()
-    for a, b in zip(m.parameters(), m_ref.parameters()):
-        assert_close(a, b, torch.float32)
-        assert_close(a.grad, b.grad, torch.float32)  # grads are left unscaled after step()
-        assert o.state[a]["step"].item() == o_ref.state[b]["step"].item() == 4
+    kwargs = dict(lr=0.01, momentum=momentum, centered=centered)
+    check_grad_scaler_matches_torch(device, lambda ps: fusedopt.optim.RMSprop(ps, **kwargs),
+                                    [lambda ps: torch.optim.RMSprop(ps, **kwargs)],
+                                    no_state_after_skipped_first_step=True, expected_steps=4)
 
 
 def _op_kwargs(**over):
@@ -287,14 +269,9 @@ def test_op_grad_scale_and_found_inf(device):
     sq = torch.zeros_like(p)
     step = torch.zeros((), device=device)
     p0, g0 = p.clone(), g.clone()
-    scale = torch.tensor([8.0], device=device)
-    torch.ops.fusedopt.rmsprop_([p], [g], [sq], [], [], [step], **_op_kwargs(), grad_scale=scale,
-                                found_inf=torch.tensor([1.0], device=device))
-    assert torch.equal(p, p0) and torch.equal(g, g0) and sq.count_nonzero() == 0 and step.item() == 0
-    torch.ops.fusedopt.rmsprop_([p], [g], [sq], [], [], [step], **_op_kwargs(), grad_scale=scale,
-                                found_inf=torch.tensor([0.0], device=device))
-    assert step.item() == 1
-    assert_close(g, g0 / 8, torch.float32)
+    check_op_unscales_and_skips(
+        device, lambda **amp: torch.ops.fusedopt.rmsprop_([p], [g], [sq], [], [], [step], **_op_kwargs(), **amp),
+        [p, sq], [g], steps=[step])
     expected_sq = 0.1 * (g0 / 8) ** 2
     assert_close(sq, expected_sq, torch.float32)
     assert_close(p, p0 - 0.01 * (g0 / 8) / (expected_sq.sqrt() + 1e-8), torch.float32)
@@ -324,27 +301,9 @@ def test_constructor_errors_match_torch():
 
 @pytest.mark.parametrize("bad", ["sparse", "complex", "step", "shape"])
 def test_bad_input_in_a_later_group_modifies_nothing(bad):
-    good = [torch.randn(4, requires_grad=True) for _ in range(2)]
-    odd = torch.randn(5, 3, requires_grad=True)
-    opt = fusedopt.optim.RMSprop([{"params": good}, {"params": [odd]}], lr=0.1, momentum=0.9, centered=True)
-    for p in good + [odd]:
-        p.grad = torch.ones_like(p)
-    opt.step()  # every param now has state
-    message = {"sparse": "sparse", "complex": "complex", "step": "step", "shape": "square_avg.*shape"}[bad]
-    if bad == "sparse":
-        odd.grad = torch.sparse_coo_tensor([[0, 2]], torch.ones(2, 3), (5, 3))
-    elif bad == "complex":
-        c = torch.randn(4, dtype=torch.complex64, requires_grad=True)
-        opt.add_param_group({"params": [c]})
-        c.grad = torch.ones(4, dtype=torch.complex64)
-    elif bad == "step":
-        opt.state[odd]["step"] = torch.zeros(2)
-    else:
-        opt.state[odd]["square_avg"] = torch.zeros(3, 5)
-    snap = snapshot(opt)
-    with pytest.raises((RuntimeError, ValueError), match=message):
-        opt.step()
-    assert_unchanged(opt, snap)
+    check_bad_input_in_later_group_modifies_nothing(fusedopt.optim.RMSprop, bad,
+                                                    kwargs=dict(lr=0.1, momentum=0.9, centered=True),
+                                                    state_keys=("square_avg", "momentum_buffer", "grad_avg"))
 
 
 def _lists(n=3, dtype=torch.float32):

@@ -12,6 +12,8 @@ import torch
 
 import fusedopt
 from conftest import DEVICES, DTYPES, assert_close, make_tensor, param_zoo
+from optim_parity import (check_bad_input_in_later_group_modifies_nothing, check_grad_scaler_matches_torch,
+                          check_op_unscales_and_skips, fresh_model, train)
 
 # Every valid combination of the options (torch: Nesterov needs momentum > 0 and no dampening).
 OPTION_COMBOS = [
@@ -167,41 +169,16 @@ def test_mixed_dtypes_and_many_tensors_in_one_group(device):
         assert_close(p, r.params[0], p.dtype if p.dtype != torch.float64 else torch.float32)
 
 
-def _fresh_model(device, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).to(device)
-
-
-def _train(model, opt, steps, device, seed=0, closure=False, scheduler=None):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(32, 8, generator=gen).to(device)
-
-        def loss_fn():
-            opt.zero_grad()
-            loss = model(x).pow(2).mean()
-            loss.backward()
-            return loss
-
-        if closure:
-            opt.step(loss_fn)
-        else:
-            loss_fn()
-            opt.step()
-        if scheduler is not None:
-            scheduler.step()
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_param_groups_closure_and_scheduler(device):
     results = []
     for cls in (torch.optim.SGD, fusedopt.optim.SGD):
-        model = _fresh_model(device)
+        model = fresh_model(device)
         opt = cls([{"params": model[0].parameters(), "lr": 0.05, "momentum": 0.9, "nesterov": True},
                    {"params": model[2].parameters(), "weight_decay": 0.1, "dampening": 0.5,
                     "momentum": 0.5}], lr=0.1)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
-        _train(model, opt, 10, device, closure=True, scheduler=sched)
+        train(model, opt, 10, device, closure=True, scheduler=sched)
         results.append((model, opt))
     (m_ref, o_ref), (m, o) = results
     for a, b in zip(m.parameters(), m_ref.parameters()):
@@ -214,15 +191,15 @@ def test_add_param_group_mid_training_starts_its_momentum(device):
     """A group added later takes its first momentum step while the others continue theirs."""
     results = []
     for cls in (torch.optim.SGD, fusedopt.optim.SGD):
-        model = _fresh_model(device)
+        model = fresh_model(device)
         opt = cls(model[0].parameters(), lr=0.1, momentum=0.9)
         for p in model[2].parameters():
             p.requires_grad_(False)
-        _train(model, opt, 3, device)
+        train(model, opt, 3, device)
         for p in model[2].parameters():
             p.requires_grad_(True)
         opt.add_param_group({"params": model[2].parameters(), "momentum": 0.8})
-        _train(model, opt, 3, device, seed=1)
+        train(model, opt, 3, device, seed=1)
         results.append(model)
     for a, b in zip(results[1].parameters(), results[0].parameters()):
         assert_close(a, b, torch.float32)
@@ -253,11 +230,11 @@ def test_tensor_lr(device):
     lr = torch.tensor(0.05, device=device)
     results = []
     for cls in (torch.optim.SGD, fusedopt.optim.SGD):
-        model = _fresh_model(device)
+        model = fresh_model(device)
         opt = cls(model.parameters(), lr=lr.clone(), momentum=0.9)
-        _train(model, opt, 3, device)
+        train(model, opt, 3, device)
         opt.param_groups[0]["lr"].fill_(0.01)  # changed in place, as a captured graph would see it
-        _train(model, opt, 3, device, seed=2)
+        train(model, opt, 3, device, seed=2)
         results.append(model)
     for a, b in zip(results[1].parameters(), results[0].parameters()):
         assert_close(a, b, torch.float32)
@@ -267,9 +244,9 @@ def test_tensor_lr(device):
 def test_checkpoints_move_both_ways(device):
     """state_dicts have torch's layout: torch -> fusedopt -> torch mid-training equals torch alone."""
     kwargs = dict(lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True)
-    model = _fresh_model(device)
+    model = fresh_model(device)
     opt = torch.optim.SGD(model.parameters(), **kwargs)
-    _train(model, opt, 3, device)
+    train(model, opt, 3, device)
     for src_cls, dst_cls, seed in ((torch.optim.SGD, fusedopt.optim.SGD, 1),
                                    (fusedopt.optim.SGD, torch.optim.SGD, 2)):
         sd = copy.deepcopy(opt.state_dict())
@@ -277,23 +254,23 @@ def test_checkpoints_move_both_ways(device):
         opt.load_state_dict(sd)
         assert set(opt.state_dict()["state"][0]) == {"momentum_buffer"}
         assert opt.state_dict()["param_groups"] == sd["param_groups"]
-        _train(model, opt, 3, device, seed=seed)
-    model_ref = _fresh_model(device)
+        train(model, opt, 3, device, seed=seed)
+    model_ref = fresh_model(device)
     opt_ref = torch.optim.SGD(model_ref.parameters(), **kwargs)
     for seed in (0, 1, 2):
-        _train(model_ref, opt_ref, 3, device, seed=seed)
+        train(model_ref, opt_ref, 3, device, seed=seed)
     for a, b in zip(model.parameters(), model_ref.parameters()):
         assert_close(a, b, torch.float32)
 
 
 def test_state_dict_keys_and_param_groups_equal_torch():
-    model = _fresh_model("cpu")
+    model = fresh_model("cpu")
     sds = []
     for cls in (torch.optim.SGD, fusedopt.optim.SGD):
         torch.manual_seed(0)
         m = copy.deepcopy(model)
         opt = cls(m.parameters(), lr=0.1, momentum=0.9)
-        _train(m, opt, 1, "cpu")
+        train(m, opt, 1, "cpu")
         sds.append(opt.state_dict())
     assert sds[0]["param_groups"] == sds[1]["param_groups"]
     assert sds[0]["state"].keys() == sds[1]["state"].keys()
@@ -306,29 +283,12 @@ def test_state_dict_keys_and_param_groups_equal_torch():
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_grad_scaler_unscales_in_kernel_and_skips_nonfinite_steps(device, momentum):
     """With torch.amp.GradScaler the step unscales grads inside the kernel; a step with an inf grad
-    changes nothing (params, buffers, grads stay scaled) and the scale backs off, as with torch."""
-    results = []
-    for cls in (torch.optim.SGD, fusedopt.optim.SGD):
-        model = _fresh_model(device)
-        opt = cls(model.parameters(), lr=0.05, momentum=momentum)
-        scaler = torch.amp.GradScaler(device, init_scale=2.0**10, growth_interval=2)
-        gen = torch.Generator().manual_seed(0)
-        for step in range(6):
-            x = torch.randn(32, 8, generator=gen).to(device)
-            if step in (0, 3):
-                x[0, 0] = float("inf")  # non-finite grads on the first step and a later one
-            opt.zero_grad()
-            scaler.scale(model(x).pow(2).mean()).backward()
-            scaler.step(opt)
-            scaler.update()
-            if step == 0 and momentum:
-                assert len(opt.state) == 0, "a skipped first step must not create momentum buffers"
-        results.append((model, opt, scaler))
-    (m_ref, _, s_ref), (m, o, s) = results
-    assert s.get_scale() == s_ref.get_scale()
-    for a, b in zip(m.parameters(), m_ref.parameters()):
-        assert_close(a, b, torch.float32)
-        assert_close(a.grad, b.grad, torch.float32)  # grads are left unscaled after step()
+    changes nothing (params, buffers, grads stay scaled) and the scale backs off, as with torch.
+    A skipped first step creates no momentum buffers."""
+    check_grad_scaler_matches_torch(
+        device, lambda ps: fusedopt.optim.SGD(ps, lr=0.05, momentum=momentum),
+        [lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=momentum)],
+        no_state_after_skipped_first_step=bool(momentum), close=assert_close)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -338,13 +298,8 @@ def test_op_grad_scale_and_found_inf(device):
     p0, g0 = p.clone(), g.clone()
     kwargs = dict(lr=0.1, weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False,
                   maximize=False, is_first_step=False)
-    scale = torch.tensor([8.0], device=device)
-    torch.ops.fusedopt.sgd_([p], [g], [], **kwargs, grad_scale=scale,
-                            found_inf=torch.tensor([1.0], device=device))
-    assert torch.equal(p, p0) and torch.equal(g, g0)
-    torch.ops.fusedopt.sgd_([p], [g], [], **kwargs, grad_scale=scale,
-                            found_inf=torch.tensor([0.0], device=device))
-    assert_close(g, g0 / 8, torch.float32)
+    check_op_unscales_and_skips(device, lambda **amp: torch.ops.fusedopt.sgd_([p], [g], [], **kwargs, **amp),
+                                [p], [g], close=assert_close)
     assert_close(p, p0 - 0.1 * g0 / 8, torch.float32)
 
 
@@ -369,52 +324,14 @@ def test_constructor_errors_match_torch():
         fusedopt.optim.SGD(params, differentiable=True)
 
 
-def _snapshot(opt):
-    return ([p.detach().clone() for g in opt.param_groups for p in g["params"]],
-            copy.deepcopy(opt.state_dict()["state"]))
-
-
-def _assert_unchanged(opt, snap):
-    params, state = snap
-    for p, p0 in zip([p for g in opt.param_groups for p in g["params"]], params):
-        assert torch.equal(p.detach(), p0)
-    now = opt.state_dict()["state"]
-    assert now.keys() == state.keys()
-    for k in state:
-        for name in state[k]:
-            assert torch.equal(now[k][name], state[k][name])
-
-
 @pytest.mark.parametrize("bad", ["sparse", "complex"])
 def test_bad_grad_in_a_later_group_modifies_nothing(bad):
-    good = [torch.randn(4, requires_grad=True) for _ in range(2)]
-    if bad == "sparse":
-        odd = torch.randn(5, 3, requires_grad=True)
-        odd_grad = torch.sparse_coo_tensor([[0, 2]], torch.ones(2, 3), (5, 3))
-    else:
-        odd = torch.randn(4, dtype=torch.complex64, requires_grad=True)
-        odd_grad = torch.ones(4, dtype=torch.complex64)
-    opt = fusedopt.optim.SGD([{"params": good}, {"params": [odd]}], lr=0.1, momentum=0.9)
-    for p in good:
-        p.grad = torch.ones_like(p)
-    opt.step()  # good params now have momentum buffers
-    odd.grad = odd_grad
-    snap = _snapshot(opt)
-    with pytest.raises(RuntimeError, match=bad):
-        opt.step()
-    _assert_unchanged(opt, snap)
+    check_bad_input_in_later_group_modifies_nothing(fusedopt.optim.SGD, bad, kwargs=dict(lr=0.1, momentum=0.9))
 
 
 def test_state_of_wrong_shape_is_rejected_before_any_update():
-    a, b = torch.randn(4, requires_grad=True), torch.randn(6, requires_grad=True)
-    opt = fusedopt.optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1, momentum=0.9)
-    a.grad, b.grad = torch.ones(4), torch.ones(6)
-    opt.step()
-    opt.state[b]["momentum_buffer"] = torch.zeros(5)  # as a checkpoint of another model would
-    snap = ([a.detach().clone(), b.detach().clone()], None)
-    with pytest.raises(ValueError, match="momentum_buffer.*shape"):
-        opt.step()
-    assert torch.equal(a, snap[0][0]) and torch.equal(b, snap[0][1])
+    check_bad_input_in_later_group_modifies_nothing(fusedopt.optim.SGD, "shape", kwargs=dict(lr=0.1, momentum=0.9),
+                                                    state_keys=("momentum_buffer",))
 
 
 def _op_kwargs(**over):

@@ -25,6 +25,9 @@ void clip_by_total_norm_cpu(at::TensorList tensors, const at::Tensor& total_norm
   const double coef = total_norm.scalar_type() == at::kDouble
                           ? clip_coefficient<double>(*total_norm.const_data_ptr<double>(), max_norm)
                           : clip_coefficient<float>(*total_norm.const_data_ptr<float>(), max_norm);
+  // Clipping inactive (the norm is within max_norm): x * 1 == x for every value, so nothing is
+  // written (torch writes every gradient anyway). Only a NaN norm gives a NaN coefficient.
+  if (coef == 1.0) return;
   FUSEDOPT_CPU_KERNEL(scale_kernel)(make_lists_view<1>({tensors}), coef);
 }
 

@@ -162,7 +162,16 @@ struct ClipScaleOp {
   unsigned read_mask = 0b1u;
   unsigned write_mask = 0b1u;
 
-  __device__ bool skip() const { return false; }
+  // Clipping inactive (coefficient 1): x * 1 == x, so no block reads or writes anything; decided on
+  // the device, so still no host synchronisation.
+  __device__ bool skip() const { return coefficient<double>() == 1.0; }
+
+  template <typename S>
+  __device__ S coefficient() const {
+    // torch's coefficient, in the norm's dtype.
+    if (norm_is_double) return S(clip_coefficient<double>(*static_cast<const double*>(total_norm), max_norm));
+    return S(clip_coefficient<float>(*static_cast<const float*>(total_norm), max_norm));
+  }
 
   template <typename opmath_t>
   struct Bound {
@@ -173,10 +182,7 @@ struct ClipScaleOp {
   template <typename opmath_t>
   __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
     // torch's coefficient, in the norm's dtype, then applied in the tensor's math type.
-    if (norm_is_double) {
-      return {opmath_t(clip_coefficient<double>(*static_cast<const double*>(total_norm), max_norm))};
-    }
-    return {opmath_t(clip_coefficient<float>(*static_cast<const float*>(total_norm), max_norm))};
+    return {coefficient<opmath_t>()};
   }
 };
 

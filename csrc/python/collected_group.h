@@ -100,5 +100,7 @@ struct CollectedGroup {
 void add_sgd_step(py::module& m);
 void add_adam_step(py::module& m);
 void add_rmsprop_adagrad_step(py::module& m);
+// fusedopt.nn.utils' per-call helper (csrc/python/clip_helpers.cpp).
+void add_clip_helpers(py::module& m);
 
 }  // namespace fusedopt::python

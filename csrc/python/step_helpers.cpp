@@ -181,6 +181,7 @@ void add_step_helpers(py::module& m) {
   add_sgd_step(m);
   add_adam_step(m);
   add_rmsprop_adagrad_step(m);
+  add_clip_helpers(m);
 }
 
 }  // namespace fusedopt::python

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 from torch import _prims_common
 
+from ... import _C
+
 _tensor_or_tensors = typing.Union[Tensor, typing.Iterable[Tensor]]
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _INF = float("inf")
@@ -144,13 +146,24 @@ def get_total_norm(
         tensors = [tensors]
     else:
         tensors = list(tensors)
-    norm_type = float(norm_type)
+    return _total_norm(tensors, float(norm_type), error_if_nonfinite)
+
+
+def _survey(tensors: list, what: str) -> tuple[int, bool, bool]:
+    """(number of DTensors, every plain tensor fills its memory, all on one device), in one C++ pass;
+    raises as torch would, naming the first entry the fused kernels cannot take."""
+    first_bad, n_dtensors, all_dense, one_device = _C.survey_tensors(tensors)
+    if first_bad >= 0:
+        _check_tensor(tensors[first_bad], what, first_bad)
+        raise AssertionError(f"{what}[{first_bad}] was refused by the survey but passes the checks")
+    return n_dtensors, all_dense, one_device
+
+
+def _total_norm(tensors: list, norm_type: float, error_if_nonfinite: bool,
+                survey: tuple[int, bool, bool] | None = None) -> Tensor:
     if len(tensors) == 0:
         return torch.tensor(0.0)
-    for i, t in enumerate(tensors):
-        _check_tensor(t, "tensors", i)
-    dtensor = _dtensor_type()
-    n_dtensors = sum(isinstance(t, dtensor) for t in tensors) if dtensor is not None else 0
+    n_dtensors, all_dense, one_device = survey or _survey(tensors, "tensors")
     if n_dtensors not in (0, len(tensors)):
         raise ValueError("fusedopt.nn.utils: tensors mix DTensors and plain tensors; expected one kind")
     if norm_type == 0:
@@ -161,6 +174,8 @@ def get_total_norm(
         total = _combine(counts, 0.0, tensors[0].device) if counts else torch.zeros((), device=tensors[0].device)
     elif n_dtensors:
         total = _dtensor_total_norm(tensors, norm_type)
+    elif all_dense and one_device:  # the common case: one fused call, no per-tensor Python
+        total = torch.ops.fusedopt.total_norm(tensors, norm_type)
     else:
         total = _combine(_local_norms(tensors, norm_type), norm_type, tensors[0].device)
     if error_if_nonfinite and torch.logical_or(total.isnan(), total.isinf()):
@@ -186,18 +201,26 @@ def clip_grads_with_norm_(
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     grads = [p.grad for p in parameters if p.grad is not None]
-    max_norm = float(max_norm)
+    _clip_grads(grads, float(max_norm), total_norm)
+
+
+def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
+                survey: tuple[int, bool, bool] | None = None) -> None:
     if len(grads) == 0:
         return
-    for i, g in enumerate(grads):
-        _check_tensor(g, "grads", i)
-    dtensor = _dtensor_type()
+    n_dtensors, all_dense, one_device = survey or _survey(grads, "grads")
+    dtensor = _dtensor_type() if n_dtensors or type(total_norm) is not Tensor else None
     if dtensor is not None:
-        grads = [g._local_tensor if isinstance(g, dtensor) else g for g in grads]
+        if n_dtensors:
+            grads = [g._local_tensor if isinstance(g, dtensor) else g for g in grads]
         if isinstance(total_norm, dtensor):
             total_norm = total_norm.full_tensor()
     if total_norm.dtype not in (torch.float32, torch.float64):
         total_norm = total_norm.float()
+    if all_dense and one_device and not n_dtensors:  # the common case: one fused call
+        torch.ops.fusedopt.clip_by_total_norm_(grads, total_norm.to(grads[0].device, non_blocking=True),
+                                               max_norm)
+        return
     by_device: dict[torch.device, list[Tensor]] = {}
     for g in grads:
         by_device.setdefault(g.device, []).append(g)
@@ -232,8 +255,9 @@ def clip_grad_norm_(
         if is_generator and len(parameters) == 0:
             warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
     grads = [p.grad for p in parameters if p.grad is not None]
-    total_norm = get_total_norm(grads, norm_type, error_if_nonfinite, foreach)
-    clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)
+    survey = _survey(grads, "tensors") if grads else None  # one pass serves both halves
+    total_norm = _total_norm(grads, float(norm_type), error_if_nonfinite, survey)
+    _clip_grads(grads, float(max_norm), total_norm, survey)
     return total_norm
 
 

@@ -533,10 +533,6 @@ def test_state_of_wrong_shape_is_rejected_before_any_update():
                                                     state_keys=("max_exp_avg_sq",))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known bug: fusedopt.optim.Adam does not check 'step' state in its collection pass (RMSprop and "
-    "Adagrad do, via _step_state.check), so only adam_ itself rejects it, after earlier groups were "
-    "updated"))
 def test_step_of_wrong_size_is_rejected_before_any_update():
     check_bad_input_in_later_group_modifies_nothing(fusedopt.optim.Adam, "step", kwargs=dict(lr=0.1))
 

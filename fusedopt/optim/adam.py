@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from . import _clipping, _common
+from . import _clipping, _common, _step_state
 
 _HALF = (torch.float16, torch.bfloat16)
 # State keys kept in float32 for float16/bfloat16 params under master_weights=True.
@@ -149,7 +149,7 @@ class Adam(torch.optim.Adam):
                 raise RuntimeError(f"{self._NAME} does not support differentiable=True")
             c = _common.collect(self, self._NAME, i, self._keys(group), scalar_keys=("step",))
             if len(c):
-                collected.append((group, c))
+                collected.append((group, c, _step_state.check(c, self._NAME, i)))
         # GradScaler: no host synchronisation. A skipped first step leaves zero moments and step 0,
         # which the next step treats exactly like absent state.
         grad_scale, found_inf = _common.grad_scaler_tensors(self)
@@ -157,7 +157,8 @@ class Adam(torch.optim.Adam):
         # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
         scales = _clipping.step_grad_scales(self, collected, grad_scale)
         moved: dict = {}
-        for group, c in collected:
+        for group, c, step_fixes in collected:
+            _step_state.repair(c, self.state, step_fixes)
             half = self._create_state(group, c)
             replaced = self._repair_layouts(c, half)
             for part in c.by_device():
@@ -175,8 +176,7 @@ class Adam(torch.optim.Adam):
     def _create_state(self, group, c) -> list[int] | None:
         """Creates missing state; returns the indices of float16/bfloat16 params under
         master_weights (None without master weights)."""
-        _common.create_missing_state(
-            c, self.state, "step", lambda p: torch.zeros((), dtype=torch.float32, device=p.device))
+        _step_state.create_missing(c, self.state)
         zeros = lambda p: torch.zeros_like(  # noqa: E731
             p, dtype=self._state_dtype(p), memory_format=torch.preserve_format)
         _common.create_missing_state(c, self.state, "exp_avg", zeros)

@@ -1,9 +1,19 @@
 #include "common/batch_norm_checks.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 
 namespace fusedopt {
+namespace {
+
+// Per-channel tensors are read as dense arrays.
+std::optional<at::Tensor> dense(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
+const at::Tensor* ptr(const std::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; }
+
+}  // namespace
 
 at::ScalarType bn_param_dtype(at::ScalarType input_dtype) {
   return input_dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -76,6 +86,70 @@ at::Tensor bn_match_layout(const at::Tensor& other, const BnLayout& layout, cons
   if (other.strides() == x.strides()) return other;
   if (!layout.channels_last || x.is_contiguous()) return other.contiguous();
   return other.contiguous(x.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d);
+}
+
+at::Tensor bn_param_empty(const BnLayout& l) {
+  return at::empty({l.C}, l.input.options().dtype(bn_param_dtype(l.input.scalar_type())));
+}
+
+std::tuple<at::Tensor, at::Tensor> run_batch_norm_stats(const at::Tensor& input, BnStatsLaunch launch) {
+  const BnLayout l = bn_layout(input, "fusedopt::batch_norm_stats");
+  const c10::DeviceGuard guard(input.device());
+  at::Tensor mean = bn_param_empty(l), var = bn_param_empty(l);
+  launch(l, mean, var);
+  return {mean, var};
+}
+
+at::Tensor run_batch_norm_elemt(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& bias, const at::Tensor& mean,
+                                const at::Tensor& var, double eps, BnElemtLaunch launch) {
+  constexpr const char* op = "fusedopt::batch_norm_elemt";
+  const BnLayout l = bn_layout(input, op);
+  check_bn_param(weight, l, op, "weight");
+  check_bn_param(bias, l, op, "bias");
+  check_bn_param(mean, l, op, "mean");
+  check_bn_param(var, l, op, "var");
+  const c10::DeviceGuard guard(input.device());
+  at::Tensor out = bn_empty_like(l);
+  const auto w = dense(weight), b = dense(bias);
+  launch(l, out, mean.contiguous(), var.contiguous(), ptr(w), ptr(b), eps);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> run_batch_norm_backward_reduce(const at::Tensor& grad_output,
+                                                                  const at::Tensor& input,
+                                                                  const at::Tensor& mean,
+                                                                  BnBackwardReduceLaunch launch) {
+  constexpr const char* op = "fusedopt::batch_norm_backward_reduce";
+  const BnLayout l = bn_layout(input, op);
+  const at::Tensor dy = bn_match_layout(grad_output, l, op, "grad_output");
+  check_bn_param(mean, l, op, "mean");
+  const c10::DeviceGuard guard(input.device());
+  at::Tensor sum_dy = bn_param_empty(l), sum_dy_xmu = bn_param_empty(l);
+  launch(l, dy, mean.contiguous(), sum_dy, sum_dy_xmu);
+  return {sum_dy, sum_dy_xmu};
+}
+
+at::Tensor run_batch_norm_backward_elemt(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const std::optional<at::Tensor>& weight, const at::Tensor& mean,
+                                         const at::Tensor& var, const at::Tensor& sum_dy,
+                                         const at::Tensor& sum_dy_xmu, int64_t count, double eps,
+                                         BnBackwardElemtLaunch launch) {
+  constexpr const char* op = "fusedopt::batch_norm_backward_elemt";
+  const BnLayout l = bn_layout(input, op);
+  const at::Tensor dy = bn_match_layout(grad_output, l, op, "grad_output");
+  check_bn_param(weight, l, op, "weight");
+  check_bn_param(mean, l, op, "mean");
+  check_bn_param(var, l, op, "var");
+  check_bn_param(sum_dy, l, op, "sum_dy");
+  check_bn_param(sum_dy_xmu, l, op, "sum_dy_xmu");
+  TORCH_CHECK(count > 0 || l.count() == 0, op, ": count must be positive, got ", count);
+  const c10::DeviceGuard guard(input.device());
+  at::Tensor grad_in = bn_empty_like(l);
+  const auto w = dense(weight);
+  launch(l, dy, grad_in, mean.contiguous(), var.contiguous(), ptr(w), sum_dy.contiguous(),
+         sum_dy_xmu.contiguous(), count, eps);
+  return grad_in;
 }
 
 }  // namespace fusedopt

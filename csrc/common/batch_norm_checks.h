@@ -1,7 +1,9 @@
-// Argument checks and memory-layout choice of the batch_norm_* ops, shared by CPU and CUDA entries.
+// Argument checks, memory-layout choice and the shared part of the entries of the batch_norm_* ops:
+// the CPU and CUDA entries are run_batch_norm_*(..., launch) with their device's launch.
 #pragma once
 
 #include <optional>
+#include <tuple>
 
 #include <ATen/core/Tensor.h>
 
@@ -37,5 +39,39 @@ void check_bn_param(const std::optional<at::Tensor>& t, const BnLayout& layout, 
 // `other` (grad_output) must match the input's shape and dtype; returns it in the input's layout.
 at::Tensor bn_match_layout(const at::Tensor& other, const BnLayout& layout, const char* op,
                            const char* arg);
+
+// A 1-d tensor of C values of the parameter dtype on the input's device, for per-channel outputs.
+at::Tensor bn_param_empty(const BnLayout& layout);
+
+// The entries. Each checks its arguments (messages name the op, in the same order on every device),
+// makes the input's device current for the rest of the call (c10::DeviceGuard: CUDA's device guard, a
+// no-op on CPU), allocates the outputs (bn_empty_like, bn_param_empty), passes per-channel tensors as
+// contiguous tensors (absent optional ones as nullptr) and grad_output in the input's layout
+// (bn_match_layout) to `launch`, the device's part, and returns the outputs. The launch signatures are
+// those of the CPU kernels (csrc/cpu/kernels/batch_norm_kernels.h).
+using BnStatsLaunch = void (*)(const BnLayout& l, at::Tensor& mean, at::Tensor& var);
+using BnElemtLaunch = void (*)(const BnLayout& l, at::Tensor& out, const at::Tensor& mean,
+                               const at::Tensor& var, const at::Tensor* weight, const at::Tensor* bias,
+                               double eps);
+using BnBackwardReduceLaunch = void (*)(const BnLayout& l, const at::Tensor& grad_out,
+                                        const at::Tensor& mean, at::Tensor& sum_dy, at::Tensor& sum_dy_xmu);
+using BnBackwardElemtLaunch = void (*)(const BnLayout& l, const at::Tensor& grad_out, at::Tensor& grad_in,
+                                       const at::Tensor& mean, const at::Tensor& var,
+                                       const at::Tensor* weight, const at::Tensor& sum_dy,
+                                       const at::Tensor& sum_dy_xmu, int64_t count, double eps);
+
+std::tuple<at::Tensor, at::Tensor> run_batch_norm_stats(const at::Tensor& input, BnStatsLaunch launch);
+at::Tensor run_batch_norm_elemt(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& bias, const at::Tensor& mean,
+                                const at::Tensor& var, double eps, BnElemtLaunch launch);
+std::tuple<at::Tensor, at::Tensor> run_batch_norm_backward_reduce(const at::Tensor& grad_output,
+                                                                  const at::Tensor& input,
+                                                                  const at::Tensor& mean,
+                                                                  BnBackwardReduceLaunch launch);
+at::Tensor run_batch_norm_backward_elemt(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const std::optional<at::Tensor>& weight, const at::Tensor& mean,
+                                         const at::Tensor& var, const at::Tensor& sum_dy,
+                                         const at::Tensor& sum_dy_xmu, int64_t count, double eps,
+                                         BnBackwardElemtLaunch launch);
 
 }  // namespace fusedopt

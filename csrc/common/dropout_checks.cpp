@@ -1,12 +1,30 @@
 #include "common/dropout_checks.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 
 namespace fusedopt {
 namespace {
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// Writes output (contiguous; may be x) and mask from contiguous x.
+void dropout_into(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p,
+                  int64_t group_size, const std::optional<int64_t>& seed,
+                  const std::optional<int64_t>& offset, DropoutDraw draw) {
+  if (p == 0.0) {
+    fill_dropout_mask_all_kept(mask, x.numel() / group_size);
+    if (!output.is_same(x)) output.copy_(x);
+    return;
+  }
+  if (p == 1.0) {  // like torch: input * 0, so a dropped inf or NaN gives NaN; nothing is drawn
+    mask.zero_();
+    at::mul_out(const_cast<at::Tensor&>(output), x, at::zeros({}, x.options()));
+    return;
+  }
+  draw(x, output, mask, p, group_size, seed, offset);
 }
 
 }  // namespace
@@ -61,6 +79,44 @@ void fill_dropout_mask_all_kept(at::Tensor& mask, int64_t bits) {
   if (mask.numel() == 0) return;
   mask.fill_(0xFF);
   if (bits % 8 != 0) mask.narrow(0, mask.numel() - 1, 1).fill_((1 << (bits % 8)) - 1);
+}
+
+std::tuple<at::Tensor, at::Tensor> run_dropout(const at::Tensor& input, double p, int64_t group_size,
+                                               const std::optional<int64_t>& seed,
+                                               const std::optional<int64_t>& offset, DropoutDraw draw) {
+  check_dropout_inputs("dropout", input, p, group_size, seed, offset);
+  const c10::DeviceGuard guard(input.device());
+  const at::Tensor x = input.contiguous();
+  at::Tensor output = at::empty(input.sizes(), x.options());
+  at::Tensor mask = at::empty({dropout_mask_bytes(x.numel(), group_size)}, x.options().dtype(at::kByte));
+  dropout_into(x, output, mask, p, group_size, seed, offset, draw);
+  return {output, mask};
+}
+
+at::Tensor run_dropout_(at::Tensor& input, double p, int64_t group_size, const std::optional<int64_t>& seed,
+                        const std::optional<int64_t>& offset, DropoutDraw draw) {
+  check_dropout_inputs("dropout_", input, p, group_size, seed, offset);
+  const c10::DeviceGuard guard(input.device());
+  at::Tensor mask = at::empty({dropout_mask_bytes(input.numel(), group_size)}, input.options().dtype(at::kByte));
+  if (input.is_contiguous()) {
+    dropout_into(input, input, mask, p, group_size, seed, offset, draw);
+  } else {
+    // The kernels walk memory in logical order; a strided input goes through a contiguous copy.
+    at::Tensor x = input.contiguous();
+    dropout_into(x, x, mask, p, group_size, seed, offset, draw);
+    input.copy_(x);
+  }
+  return mask;
+}
+
+at::Tensor run_dropout_backward(const at::Tensor& grad_output, const at::Tensor& mask, double p,
+                                int64_t group_size, DropoutApply apply) {
+  check_dropout_backward_inputs(grad_output, mask, p, group_size);
+  const c10::DeviceGuard guard(grad_output.device());
+  const at::Tensor g = grad_output.contiguous();
+  at::Tensor grad_input = at::empty(grad_output.sizes(), g.options());
+  apply(g, grad_input, mask, group_size, p);
+  return grad_input;
 }
 
 }  // namespace fusedopt

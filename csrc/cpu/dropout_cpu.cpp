@@ -1,5 +1,6 @@
-// fusedopt::dropout, dropout_, dropout_backward and _philox4x32_10 on CPU: checks, seed and offset from
-// the default CPU generator, then the per-variant kernels (csrc/cpu/kernels/dropout_kernel.cpp).
+// fusedopt::dropout, dropout_, dropout_backward and _philox4x32_10 on CPU: the shared entries (checks and
+// outputs, common/dropout_checks.h) with seed and offset from the default CPU generator and the
+// per-variant kernels (csrc/cpu/kernels/dropout_kernel.cpp) as the device part.
 //
 // The mask is stored (1 bit per element) rather than regenerated in backward. Measured on the 2-core
 // AVX-512 development machine (12.8M float32, loaded, so roughly): in-place forward (16 Philox calls +
@@ -39,21 +40,10 @@ DropoutRng resolve_rng(const std::optional<int64_t>& seed, const std::optional<i
   return rng;
 }
 
-// Writes output (contiguous; may be x) and mask from contiguous x.
-void dropout_into(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p,
-                  int64_t group_size, const std::optional<int64_t>& seed,
-                  const std::optional<int64_t>& offset) {
+// The device part of run_dropout / run_dropout_ (0 < p < 1; common/dropout_checks.h).
+void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p, int64_t group_size,
+                  const std::optional<int64_t>& seed, const std::optional<int64_t>& offset) {
   const int64_t n = x.numel();
-  if (p == 0.0) {
-    fill_dropout_mask_all_kept(mask, n / group_size);
-    if (!output.is_same(x)) output.copy_(x);
-    return;
-  }
-  if (p == 1.0) {  // like torch: input * 0, so a dropped inf or NaN gives NaN; nothing is drawn
-    mask.zero_();
-    at::mul_out(const_cast<at::Tensor&>(output), x, at::zeros({}, x.options()));
-    return;
-  }
   const DropoutRng rng = resolve_rng(seed, offset, p);
   uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
   if (group_size == 1) {
@@ -64,38 +54,25 @@ void dropout_into(const at::Tensor& x, const at::Tensor& output, at::Tensor& mas
   }
 }
 
+// The device part of run_dropout_backward.
+void dropout_apply(const at::Tensor& input, const at::Tensor& output, const at::Tensor& mask, int64_t group_size,
+                   double p) {
+  FUSEDOPT_CPU_KERNEL(dropout_apply_kernel)(input, output, mask.const_data_ptr<uint8_t>(), group_size, p);
+}
+
 std::tuple<at::Tensor, at::Tensor> dropout_cpu(const at::Tensor& input, double p, int64_t group_size,
                                                std::optional<int64_t> seed, std::optional<int64_t> offset) {
-  check_dropout_inputs("dropout", input, p, group_size, seed, offset);
-  const at::Tensor x = input.contiguous();
-  at::Tensor output = at::empty(input.sizes(), x.options());
-  at::Tensor mask = at::empty({dropout_mask_bytes(x.numel(), group_size)}, x.options().dtype(at::kByte));
-  dropout_into(x, output, mask, p, group_size, seed, offset);
-  return {output, mask};
+  return run_dropout(input, p, group_size, seed, offset, &dropout_draw);
 }
 
 at::Tensor dropout_inplace_cpu(at::Tensor& input, double p, int64_t group_size, std::optional<int64_t> seed,
                                std::optional<int64_t> offset) {
-  check_dropout_inputs("dropout_", input, p, group_size, seed, offset);
-  at::Tensor mask = at::empty({dropout_mask_bytes(input.numel(), group_size)}, input.options().dtype(at::kByte));
-  if (input.is_contiguous()) {
-    dropout_into(input, input, mask, p, group_size, seed, offset);
-  } else {
-    // The kernels walk memory in logical order; a strided input goes through a contiguous copy.
-    at::Tensor x = input.contiguous();
-    dropout_into(x, x, mask, p, group_size, seed, offset);
-    input.copy_(x);
-  }
-  return mask;
+  return run_dropout_(input, p, group_size, seed, offset, &dropout_draw);
 }
 
 at::Tensor dropout_backward_cpu(const at::Tensor& grad_output, const at::Tensor& mask, double p,
                                 int64_t group_size) {
-  check_dropout_backward_inputs(grad_output, mask, p, group_size);
-  const at::Tensor g = grad_output.contiguous();
-  at::Tensor grad_input = at::empty(grad_output.sizes(), g.options());
-  FUSEDOPT_CPU_KERNEL(dropout_apply_kernel)(g, grad_input, mask.const_data_ptr<uint8_t>(), group_size, p);
-  return grad_input;
+  return run_dropout_backward(grad_output, mask, p, group_size, &dropout_apply);
 }
 
 at::Tensor philox_cpu(const at::Tensor& counters, const at::Tensor& keys, bool torch_engine) {

@@ -73,18 +73,12 @@ __global__ void __launch_bounds__(kThreads)
     adam_master_kernel(const __grid_constant__ TensorTable<kMasterLists> table,
                        const __grid_constant__ AdamOp op) {
   if (op.skip()) return;
-  const int chunk = blockIdx.x;
-  int lo = 0, hi = table.count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (table.first_chunk[mid] <= chunk) lo = mid;
-    else hi = mid - 1;
-  }
-  const int64_t begin = int64_t(chunk - table.first_chunk[lo]) * kChunk;
-  const int n = int(min(int64_t(kChunk), table.numel[lo] - begin));
+  const BlockChunk chunk = block_chunk(table);
+  const int64_t begin = chunk.begin;
+  const int n = chunk.n;
   void* tensor_ptrs[kMasterLists];
 #pragma unroll
-  for (int k = 0; k < kMasterLists; ++k) tensor_ptrs[k] = table.ptr[k][lo];
+  for (int k = 0; k < kMasterLists; ++k) tensor_ptrs[k] = table.ptr[k][chunk.tensor];
   const auto update = op.template bind<float>(tensor_ptrs);
   half_t* param = static_cast<half_t*>(tensor_ptrs[0]) + begin;
   half_t* grad = static_cast<half_t*>(tensor_ptrs[1]) + begin;
@@ -104,33 +98,6 @@ __global__ void __launch_bounds__(kThreads)
     param[j] = static_cast<half_t>(w);
     if (update.unscale) grad[j] = static_cast<half_t>(g);
   }
-}
-
-template <typename half_t>
-void launch_master(const TensorListsView<kMasterLists>& view, c10::ScalarType dtype, const AdamOp& op) {
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TensorTable<kMasterLists> table;
-  table.count = 0;
-  int64_t chunks = 0;
-  auto flush = [&] {
-    if (table.count == 0) return;
-    table.first_chunk[table.count] = int32_t(chunks);
-    adam_master_kernel<half_t><<<unsigned(chunks), kThreads, 0, stream>>>(table, op);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    table.count = 0;
-    chunks = 0;
-  };
-  for (size_t i = 0; i < view.size(); ++i) {
-    if (view.dtype[i] != dtype || view.numel[i] == 0) continue;
-    const int64_t tensor_chunks = (view.numel[i] + kChunk - 1) / kChunk;
-    if (chunks + tensor_chunks > int64_t(INT32_MAX)) flush();
-    for (int k = 0; k < kMasterLists; ++k) table.ptr[k][table.count] = view.ptrs[i][k];
-    table.numel[table.count] = view.numel[i];
-    table.first_chunk[table.count] = int32_t(chunks);
-    chunks += tensor_chunks;
-    if (++table.count == TensorTable<kMasterLists>::kCapacity) flush();
-  }
-  flush();
 }
 
 void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -164,8 +131,8 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   }
   const auto view = make_lists_view<kMasterLists>(
       {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params});
-  launch_master<at::Half>(view, at::kHalf, op);
-  launch_master<at::BFloat16>(view, at::kBFloat16, op);
+  for_each_table(view, at::kHalf, adam_master_kernel<at::Half>, op);
+  for_each_table(view, at::kBFloat16, adam_master_kernel<at::BFloat16>, op);
 }
 
 }  // namespace

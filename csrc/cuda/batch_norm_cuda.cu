@@ -1,5 +1,5 @@
 // fusedopt::batch_norm_* on CUDA: small conventional kernels around the shared math in
-// fusedopt/batch_norm.h.
+// fusedopt/batch_norm.h, launched from the entries shared with CPU (common/batch_norm_checks.h).
 //
 // Reductions (statistics; the two backward sums) run in two launches: a partial kernel where each
 // channel is spread over P blocks (P large when C is small, so a few channels still fill the GPU), each
@@ -13,7 +13,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -216,116 +215,95 @@ dim3 elementwise_grid(int64_t numel) {
 }
 
 template <typename T>
-const T* opt_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
-}
-
-std::optional<at::Tensor> dense(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
-}
-
-at::Tensor param_empty(const BnLayout& l) {
-  return at::empty({l.C}, l.input.options().dtype(bn_param_dtype(l.input.scalar_type())));
+const T* opt_ptr(const at::Tensor* t) {
+  return t != nullptr ? t->const_data_ptr<T>() : nullptr;
 }
 
 #define FUSEDOPT_BN_DISPATCH(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input) {
-  const BnLayout l = bn_layout(input, "fusedopt::batch_norm_stats");
-  const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor mean = param_empty(l), var = param_empty(l);
-  FUSEDOPT_BN_DISPATCH(input.scalar_type(), "fusedopt.batch_norm_stats", [&] {
+// The launches of the shared entries (common/batch_norm_checks.h), which have checked the arguments,
+// made the input's device current and allocated the outputs.
+void stats_launch(const BnLayout& l, at::Tensor& mean, at::Tensor& var) {
+  FUSEDOPT_BN_DISPATCH(l.input.scalar_type(), "fusedopt.batch_norm_stats", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const MakeWelford<scalar_t, opmath_t> make{l.input.const_data_ptr<scalar_t>(), l.channels_last ? 1 : l.S,
                                                l.count() == 0};
     reduce_channels<scalar_t, opmath_t, WelfordAcc<opmath_t>>(
         l, nullptr, make, FinishStats<opmath_t>{mean.data_ptr<opmath_t>(), var.data_ptr<opmath_t>()});
   });
-  return {mean, var};
 }
 
-at::Tensor batch_norm_elemt_cuda(const at::Tensor& input, const std::optional<at::Tensor>& weight,
-                                 const std::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var,
-                                 double eps) {
-  constexpr const char* op = "fusedopt::batch_norm_elemt";
-  const BnLayout l = bn_layout(input, op);
-  check_bn_param(weight, l, op, "weight");
-  check_bn_param(bias, l, op, "bias");
-  check_bn_param(mean, l, op, "mean");
-  check_bn_param(var, l, op, "var");
-  const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor out = bn_empty_like(l);
+void elemt_launch(const BnLayout& l, at::Tensor& out, const at::Tensor& mean, const at::Tensor& var,
+                  const at::Tensor* weight, const at::Tensor* bias, double eps) {
   const int64_t numel = l.input.numel();
-  if (numel == 0) return out;
-  const auto w = dense(weight), b = dense(bias);
-  const at::Tensor m = mean.contiguous(), v = var.contiguous();
+  if (numel == 0) return;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  FUSEDOPT_BN_DISPATCH(input.scalar_type(), "fusedopt.batch_norm_elemt", [&] {
+  FUSEDOPT_BN_DISPATCH(l.input.scalar_type(), "fusedopt.batch_norm_elemt", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     auto launch = [&](auto kernel) {
       kernel<<<elementwise_grid(numel), kThreads, 0, stream>>>(
-          l.input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), numel, l.C, l.S, m.const_data_ptr<opmath_t>(),
-          v.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(w), opt_ptr<opmath_t>(b), eps);
+          l.input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), numel, l.C, l.S,
+          mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
+          opt_ptr<opmath_t>(bias), eps);
     };
     if (l.channels_last) launch(elemt_kernel<scalar_t, opmath_t, true>);
     else launch(elemt_kernel<scalar_t, opmath_t, false>);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+}
+
+void backward_reduce_launch(const BnLayout& l, const at::Tensor& dy, const at::Tensor& mean, at::Tensor& sum_dy,
+                            at::Tensor& sum_dy_xmu) {
+  FUSEDOPT_BN_DISPATCH(l.input.scalar_type(), "fusedopt.batch_norm_backward_reduce", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    reduce_channels<scalar_t, opmath_t, SumsAcc<opmath_t>>(
+        l, dy.const_data_ptr<scalar_t>(), MakeSums<opmath_t>{mean.const_data_ptr<opmath_t>()},
+        FinishSums<opmath_t>{sum_dy.data_ptr<opmath_t>(), sum_dy_xmu.data_ptr<opmath_t>()});
+  });
+}
+
+void backward_elemt_launch(const BnLayout& l, const at::Tensor& dy, at::Tensor& grad_in, const at::Tensor& mean,
+                           const at::Tensor& var, const at::Tensor* weight, const at::Tensor& sum_dy,
+                           const at::Tensor& sum_dy_xmu, int64_t count, double eps) {
+  const int64_t numel = l.input.numel();
+  if (numel == 0) return;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  FUSEDOPT_BN_DISPATCH(l.input.scalar_type(), "fusedopt.batch_norm_backward_elemt", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    auto launch = [&](auto kernel) {
+      kernel<<<elementwise_grid(numel), kThreads, 0, stream>>>(
+          dy.const_data_ptr<scalar_t>(), l.input.const_data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), numel, l.C,
+          l.S, mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
+          sum_dy.const_data_ptr<opmath_t>(), sum_dy_xmu.const_data_ptr<opmath_t>(), count, eps);
+    };
+    if (l.channels_last) launch(backward_elemt_kernel<scalar_t, opmath_t, true>);
+    else launch(backward_elemt_kernel<scalar_t, opmath_t, false>);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input) {
+  return run_batch_norm_stats(input, &stats_launch);
+}
+
+at::Tensor batch_norm_elemt_cuda(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var,
+                                 double eps) {
+  return run_batch_norm_elemt(input, weight, bias, mean, var, eps, &elemt_launch);
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce_cuda(const at::Tensor& grad_output,
                                                                    const at::Tensor& input, const at::Tensor& mean) {
-  constexpr const char* op = "fusedopt::batch_norm_backward_reduce";
-  const BnLayout l = bn_layout(input, op);
-  const at::Tensor dy = bn_match_layout(grad_output, l, op, "grad_output");
-  check_bn_param(mean, l, op, "mean");
-  const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor sum_dy = param_empty(l), sum_dy_xmu = param_empty(l);
-  const at::Tensor m = mean.contiguous();
-  FUSEDOPT_BN_DISPATCH(input.scalar_type(), "fusedopt.batch_norm_backward_reduce", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    reduce_channels<scalar_t, opmath_t, SumsAcc<opmath_t>>(
-        l, dy.const_data_ptr<scalar_t>(), MakeSums<opmath_t>{m.const_data_ptr<opmath_t>()},
-        FinishSums<opmath_t>{sum_dy.data_ptr<opmath_t>(), sum_dy_xmu.data_ptr<opmath_t>()});
-  });
-  return {sum_dy, sum_dy_xmu};
+  return run_batch_norm_backward_reduce(grad_output, input, mean, &backward_reduce_launch);
 }
 
 at::Tensor batch_norm_backward_elemt_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                           const std::optional<at::Tensor>& weight, const at::Tensor& mean,
                                           const at::Tensor& var, const at::Tensor& sum_dy,
                                           const at::Tensor& sum_dy_xmu, int64_t count, double eps) {
-  constexpr const char* op = "fusedopt::batch_norm_backward_elemt";
-  const BnLayout l = bn_layout(input, op);
-  const at::Tensor dy = bn_match_layout(grad_output, l, op, "grad_output");
-  check_bn_param(weight, l, op, "weight");
-  check_bn_param(mean, l, op, "mean");
-  check_bn_param(var, l, op, "var");
-  check_bn_param(sum_dy, l, op, "sum_dy");
-  check_bn_param(sum_dy_xmu, l, op, "sum_dy_xmu");
-  TORCH_CHECK(count > 0 || l.count() == 0, op, ": count must be positive, got ", count);
-  const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor grad_in = bn_empty_like(l);
-  const int64_t numel = l.input.numel();
-  if (numel == 0) return grad_in;
-  const auto w = dense(weight);
-  const at::Tensor m = mean.contiguous(), v = var.contiguous(), s1 = sum_dy.contiguous(), s2 = sum_dy_xmu.contiguous();
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  FUSEDOPT_BN_DISPATCH(input.scalar_type(), "fusedopt.batch_norm_backward_elemt", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    auto launch = [&](auto kernel) {
-      kernel<<<elementwise_grid(numel), kThreads, 0, stream>>>(
-          dy.const_data_ptr<scalar_t>(), l.input.const_data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), numel, l.C,
-          l.S, m.const_data_ptr<opmath_t>(), v.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(w),
-          s1.const_data_ptr<opmath_t>(), s2.const_data_ptr<opmath_t>(), count, eps);
-    };
-    if (l.channels_last) launch(backward_elemt_kernel<scalar_t, opmath_t, true>);
-    else launch(backward_elemt_kernel<scalar_t, opmath_t, false>);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return grad_in;
+  return run_batch_norm_backward_elemt(grad_output, input, weight, mean, var, sum_dy, sum_dy_xmu, count, eps,
+                                       &backward_elemt_launch);
 }
 
 }  // namespace

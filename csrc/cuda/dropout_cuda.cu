@@ -85,20 +85,10 @@ at::PhiloxCudaState resolve_state(const at::Tensor& input, const std::optional<i
   return gen->philox_cuda_state(4);
 }
 
-void dropout_into(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p,
-                  int64_t group_size, const std::optional<int64_t>& seed,
-                  const std::optional<int64_t>& offset) {
+// The device part of run_dropout / run_dropout_ (0 < p < 1; common/dropout_checks.h).
+void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p, int64_t group_size,
+                  const std::optional<int64_t>& seed, const std::optional<int64_t>& offset) {
   const int64_t n = x.numel();
-  if (p == 0.0) {
-    fill_dropout_mask_all_kept(mask, n / group_size);
-    if (!output.is_same(x)) output.copy_(x);
-    return;
-  }
-  if (p == 1.0) {
-    mask.zero_();
-    at::mul_out(const_cast<at::Tensor&>(output), x, at::zeros({}, x.options()));
-    return;
-  }
   if (n == 0) return;
   const at::PhiloxCudaState state = resolve_state(x, seed, offset);
   const uint32_t threshold = dropout_keep_threshold(p);
@@ -120,48 +110,33 @@ void dropout_into(const at::Tensor& x, const at::Tensor& output, at::Tensor& mas
   });
 }
 
+// The device part of run_dropout_backward.
+void dropout_apply(const at::Tensor& input, const at::Tensor& output, const at::Tensor& mask, int64_t group_size,
+                   double p) {
+  const int64_t n = input.numel();
+  if (n == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fusedopt.dropout_backward", [&] {
+    dropout_apply_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), mask.const_data_ptr<uint8_t>(), n,
+        group_size, p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> dropout_cuda(const at::Tensor& input, double p, int64_t group_size,
                                                 std::optional<int64_t> seed, std::optional<int64_t> offset) {
-  check_dropout_inputs("dropout", input, p, group_size, seed, offset);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const at::Tensor x = input.contiguous();
-  at::Tensor output = at::empty(input.sizes(), x.options());
-  at::Tensor mask = at::empty({dropout_mask_bytes(x.numel(), group_size)}, x.options().dtype(at::kByte));
-  dropout_into(x, output, mask, p, group_size, seed, offset);
-  return {output, mask};
+  return run_dropout(input, p, group_size, seed, offset, &dropout_draw);
 }
 
 at::Tensor dropout_inplace_cuda(at::Tensor& input, double p, int64_t group_size, std::optional<int64_t> seed,
                                 std::optional<int64_t> offset) {
-  check_dropout_inputs("dropout_", input, p, group_size, seed, offset);
-  const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor mask = at::empty({dropout_mask_bytes(input.numel(), group_size)}, input.options().dtype(at::kByte));
-  if (input.is_contiguous()) {
-    dropout_into(input, input, mask, p, group_size, seed, offset);
-  } else {
-    at::Tensor x = input.contiguous();
-    dropout_into(x, x, mask, p, group_size, seed, offset);
-    input.copy_(x);
-  }
-  return mask;
+  return run_dropout_(input, p, group_size, seed, offset, &dropout_draw);
 }
 
 at::Tensor dropout_backward_cuda(const at::Tensor& grad_output, const at::Tensor& mask, double p,
                                  int64_t group_size) {
-  check_dropout_backward_inputs(grad_output, mask, p, group_size);
-  const c10::cuda::CUDAGuard guard(grad_output.device());
-  const at::Tensor g = grad_output.contiguous();
-  at::Tensor grad_input = at::empty(grad_output.sizes(), g.options());
-  const int64_t n = g.numel();
-  if (n == 0) return grad_input;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fusedopt.dropout_backward", [&] {
-    dropout_apply_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        g.const_data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(), mask.const_data_ptr<uint8_t>(), n,
-        group_size, p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return grad_input;
+  return run_dropout_backward(grad_output, mask, p, group_size, &dropout_apply);
 }
 
 at::Tensor philox_cuda(const at::Tensor& counters, const at::Tensor& keys, bool torch_engine) {

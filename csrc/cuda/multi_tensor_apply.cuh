@@ -44,6 +44,28 @@ struct TensorTable {
   int32_t count;
 };
 
+// The chunk of the calling block (one block per chunk): its tensor's index in the table, its first
+// element in that tensor and its number of elements.
+struct BlockChunk {
+  int tensor;
+  int64_t begin;
+  int n;
+};
+
+template <int K>
+__device__ __forceinline__ BlockChunk block_chunk(const TensorTable<K>& table) {
+  // The tensor of this block: the last t with first_chunk[t] <= blockIdx.x.
+  const int chunk = blockIdx.x;
+  int lo = 0, hi = table.count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (table.first_chunk[mid] <= chunk) lo = mid;
+    else hi = mid - 1;
+  }
+  const int64_t begin = int64_t(chunk - table.first_chunk[lo]) * kChunk;
+  return {lo, begin, int(min(int64_t(kChunk), table.numel[lo] - begin))};
+}
+
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
   T v[N];
@@ -112,16 +134,9 @@ __global__ void __launch_bounds__(kThreads)
   using opmath_t = at::opmath_type<scalar_t>;
   if (op.skip()) return;
 
-  // The tensor of this block: the last t with first_chunk[t] <= blockIdx.x.
-  const int chunk = blockIdx.x;
-  int lo = 0, hi = table.count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (table.first_chunk[mid] <= chunk) lo = mid;
-    else hi = mid - 1;
-  }
-  const int64_t begin = int64_t(chunk - table.first_chunk[lo]) * kChunk;
-  const int n = int(min(int64_t(kChunk), table.numel[lo] - begin));
+  const BlockChunk chunk = block_chunk(table);
+  const int64_t begin = chunk.begin;
+  const int n = chunk.n;
 
   void* tensor_ptrs[K];
   scalar_t* base[K];
@@ -129,7 +144,7 @@ __global__ void __launch_bounds__(kThreads)
   const unsigned walked = op.read_mask | op.write_mask;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    tensor_ptrs[k] = table.ptr[k][lo];
+    tensor_ptrs[k] = table.ptr[k][chunk.tensor];
     const bool walk = (walked >> k & 1u) && tensor_ptrs[k] != nullptr;
     base[k] = walk ? static_cast<scalar_t*>(tensor_ptrs[k]) + begin : nullptr;
     aligned &= reinterpret_cast<uintptr_t>(base[k]) % 16 == 0;
@@ -145,37 +160,47 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Fills tensor tables with the view's non-empty tensors of `dtype`, in order, and launches
+// kernel<<<chunks, kThreads>>>(table, op) on the current stream of the current device for each: a table
+// holds at most kCapacity tensors and fewer than 2^31 chunks, one block per chunk. `kernel` is a
+// __global__ function taking (const __grid_constant__ TensorTable<K>, const __grid_constant__ Op), such
+// as multi_tensor_kernel, or a kernel of its own for lists the one-scalar_t walk does not fit.
+template <size_t K, typename Kernel, typename Op>
+void for_each_table(const TensorListsView<K>& view, c10::ScalarType dtype, Kernel kernel, const Op& op) {
+  static_assert(sizeof(TensorTable<K>) + sizeof(Op) <= 32764, "kernel parameters exceed 32764 bytes");
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TensorTable<K> table;
+  table.count = 0;
+  int64_t chunks = 0;
+  auto flush = [&] {
+    if (table.count == 0) return;
+    table.first_chunk[table.count] = int32_t(chunks);
+    kernel<<<unsigned(chunks), kThreads, 0, stream>>>(table, op);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    table.count = 0;
+    chunks = 0;
+  };
+  for (size_t i = 0; i < view.size(); ++i) {
+    if (view.dtype[i] != dtype || view.numel[i] == 0) continue;
+    const int64_t tensor_chunks = (view.numel[i] + kChunk - 1) / kChunk;
+    if (chunks + tensor_chunks > int64_t(INT32_MAX)) flush();
+    for (size_t k = 0; k < K; ++k) table.ptr[k][table.count] = view.ptrs[i][k];
+    table.numel[table.count] = view.numel[i];
+    table.first_chunk[table.count] = int32_t(chunks);
+    chunks += tensor_chunks;
+    if (++table.count == TensorTable<K>::kCapacity) flush();
+  }
+  flush();
+}
+
 // Launches `op` over every tensor of the view on the current stream of the current device: one launch
 // per dtype and per table's worth of tensors. Empty tensors are skipped.
 template <size_t K, typename Op>
 void launch_multi_tensor(const TensorListsView<K>& view, const Op& op) {
-  static_assert(sizeof(TensorTable<K>) + sizeof(Op) <= 32764, "kernel parameters exceed 32764 bytes");
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const c10::ScalarType dtypes[] = {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble};
   for (const c10::ScalarType dtype : dtypes) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fusedopt multi_tensor", [&] {
-      TensorTable<K> table;
-      table.count = 0;
-      int64_t chunks = 0;
-      auto flush = [&] {
-        if (table.count == 0) return;
-        table.first_chunk[table.count] = int32_t(chunks);
-        multi_tensor_kernel<scalar_t, K, Op><<<unsigned(chunks), kThreads, 0, stream>>>(table, op);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        table.count = 0;
-        chunks = 0;
-      };
-      for (size_t i = 0; i < view.size(); ++i) {
-        if (view.dtype[i] != dtype || view.numel[i] == 0) continue;
-        const int64_t tensor_chunks = (view.numel[i] + kChunk - 1) / kChunk;
-        if (chunks + tensor_chunks > int64_t(INT32_MAX)) flush();
-        for (size_t k = 0; k < K; ++k) table.ptr[k][table.count] = view.ptrs[i][k];
-        table.numel[table.count] = view.numel[i];
-        table.first_chunk[table.count] = int32_t(chunks);
-        chunks += tensor_chunks;
-        if (++table.count == TensorTable<K>::kCapacity) flush();
-      }
-      flush();
+      for_each_table(view, dtype, multi_tensor_kernel<scalar_t, int(K), Op>, op);
     });
   }
 }

@@ -270,6 +270,76 @@ def test_opcheck_all_ops():
         torch.library.opcheck(ops.batch_norm_backward_elemt.default, (dy, x, None, mean, var, sdy, sdxm, count, 1e-5))
 
 
+def test_opcheck_train_ops():
+    ops = torch.ops.fusedopt
+    for x, w, b, pd, gen in op_samples():
+        out, mean, var = ops.batch_norm_train(x, w, b, 1e-5)
+        dy = torch.randn(x.shape, generator=gen).to(x.dtype)
+        torch.library.opcheck(ops.batch_norm_train.default, (x, w, b, 1e-5))
+        torch.library.opcheck(ops.batch_norm_train.default, (x, None, None, 1e-5))
+        torch.library.opcheck(ops.batch_norm_train_backward.default, (dy, x, w, mean, var, 1e-5))
+        torch.library.opcheck(ops.batch_norm_train_backward.default, (dy, x, None, mean, var, 1e-5))
+
+
+# Channel counts on both sides of the CPU's per-channel fusion threshold (4 channels per thread), odd
+# spatial sizes (vector tails), N = 1, empty batches, every layout and dtype.
+TRAIN_SHAPES = [(8, 64, 7, 9), (3, 40, 5), (1, 33, 3, 5), (5, 3, 4, 4), (2, 9, 3, 2, 5), (16, 17), (0, 12, 3, 3),
+                (4, 12, 1, 1)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", TRAIN_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "offset"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_train_ops_equal_the_split_ops(device, shape, dtype, layout, affine):
+    """batch_norm_train(_backward) give bit for bit what the four split ops give (the CPU fuses the two
+    passes per channel for NCHW inputs with enough channels; the arithmetic is the same)."""
+    if layout == "channels_last" and len(shape) not in (4, 5):
+        layout = "contiguous"
+    ops = torch.ops.fusedopt
+    gen = torch.Generator().manual_seed(sum(shape) + len(shape))
+    x = make_input(shape, dtype, device, layout, gen, scale=3.0, shift=2.0)
+    pd = torch.float64 if dtype == torch.float64 else torch.float32
+    C = shape[1]
+    w = (torch.rand(C, dtype=pd, generator=gen) + 0.5).to(device) if affine else None
+    b = torch.randn(C, dtype=pd, generator=gen).to(device) if affine else None
+    dy = make_input(shape, dtype, device, layout, gen)
+    out, mean, var = ops.batch_norm_train(x, w, b, 1e-5)
+    mean_s, var_s = ops.batch_norm_stats(x)
+    out_s = ops.batch_norm_elemt(x, w, b, mean_s, var_s, 1e-5)
+    assert torch.equal(mean.nan_to_num(7.0), mean_s.nan_to_num(7.0))
+    assert torch.equal(var.nan_to_num(7.0), var_s.nan_to_num(7.0))
+    assert torch.equal(out, out_s) and out.stride() == out_s.stride()
+    gi, sdy, sdxm = ops.batch_norm_train_backward(dy, x, w, mean, var, 1e-5)
+    sdy_s, sdxm_s = ops.batch_norm_backward_reduce(dy, x, mean)
+    gi_s = ops.batch_norm_backward_elemt(dy, x, w, mean, var, sdy_s, sdxm_s, max(1, x.numel() // C), 1e-5)
+    assert torch.equal(sdy, sdy_s) and torch.equal(sdxm, sdxm_s)
+    assert torch.equal(gi, gi_s) and gi.stride() == gi_s.stride()
+    if x.numel():  # and both against float64 formulas
+        dims = [0] + list(range(2, x.dim()))
+        view = [1, -1] + [1] * (x.dim() - 2)
+        x64, dy64 = x.double(), dy.double()
+        var64, mean64 = torch.var_mean(x64, dim=dims, unbiased=False)
+        tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(mean.double(), mean64, **tol)
+        torch.testing.assert_close(var.double(), var64, **tol)
+        torch.testing.assert_close(sdy.double(), dy64.sum(dims), **tol)
+        torch.testing.assert_close(sdxm.double(), (dy64 * (x64 - mean.double().view(view))).sum(dims), **tol)
+
+
+def test_train_ops_reject_bad_input_naming_the_argument():
+    ops = torch.ops.fusedopt
+    x = torch.randn(4, 16, 3, 3)
+    with pytest.raises(RuntimeError, match="batch_norm_train.*weight"):
+        ops.batch_norm_train(x, torch.ones(15), None, 1e-5)
+    mean, var = ops.batch_norm_stats(x)
+    with pytest.raises(RuntimeError, match="batch_norm_train_backward.*grad_output"):
+        ops.batch_norm_train_backward(torch.randn(4, 16, 3), x, None, mean, var, 1e-5)
+    with pytest.raises(RuntimeError, match="batch_norm_train_backward.*var"):
+        ops.batch_norm_train_backward(torch.randn_like(x), x, None, mean, var[:3], 1e-5)
+
+
 def test_ops_against_float64_formulas():
     """Each op on its own against its defining formula in float64."""
     ops = torch.ops.fusedopt

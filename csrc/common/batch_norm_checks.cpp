@@ -152,4 +152,37 @@ at::Tensor run_batch_norm_backward_elemt(const at::Tensor& grad_output, const at
   return grad_in;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_batch_norm_train(const at::Tensor& input,
+                                                                    const std::optional<at::Tensor>& weight,
+                                                                    const std::optional<at::Tensor>& bias,
+                                                                    double eps, BnTrainLaunch launch) {
+  constexpr const char* op = "fusedopt::batch_norm_train";
+  const BnLayout l = bn_layout(input, op);
+  check_bn_param(weight, l, op, "weight");
+  check_bn_param(bias, l, op, "bias");
+  const c10::DeviceGuard guard(input.device());
+  at::Tensor out = bn_empty_like(l);
+  at::Tensor mean = bn_param_empty(l), var = bn_param_empty(l);
+  const auto w = dense(weight), b = dense(bias);
+  launch(l, out, mean, var, ptr(w), ptr(b), eps);
+  return {out, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_batch_norm_train_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const at::Tensor& mean, const at::Tensor& var, double eps, BnTrainBackwardLaunch launch) {
+  constexpr const char* op = "fusedopt::batch_norm_train_backward";
+  const BnLayout l = bn_layout(input, op);
+  const at::Tensor dy = bn_match_layout(grad_output, l, op, "grad_output");
+  check_bn_param(weight, l, op, "weight");
+  check_bn_param(mean, l, op, "mean");
+  check_bn_param(var, l, op, "var");
+  const c10::DeviceGuard guard(input.device());
+  at::Tensor grad_in = bn_empty_like(l);
+  at::Tensor sum_dy = bn_param_empty(l), sum_dy_xmu = bn_param_empty(l);
+  const auto w = dense(weight);
+  launch(l, dy, grad_in, mean.contiguous(), var.contiguous(), ptr(w), sum_dy, sum_dy_xmu, eps);
+  return {grad_in, sum_dy, sum_dy_xmu};
+}
+
 }  // namespace fusedopt

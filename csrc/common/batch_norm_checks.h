@@ -60,6 +60,15 @@ using BnBackwardElemtLaunch = void (*)(const BnLayout& l, const at::Tensor& grad
                                        const at::Tensor* weight, const at::Tensor& sum_dy,
                                        const at::Tensor& sum_dy_xmu, int64_t count, double eps);
 
+// The one-process training ops: forward = stats then elemt, backward = reduce then elemt with
+// count = values per channel, each in one launch (CPU fuses them per channel).
+using BnTrainLaunch = void (*)(const BnLayout& l, at::Tensor& out, at::Tensor& mean, at::Tensor& var,
+                               const at::Tensor* weight, const at::Tensor* bias, double eps);
+using BnTrainBackwardLaunch = void (*)(const BnLayout& l, const at::Tensor& grad_out, at::Tensor& grad_in,
+                                       const at::Tensor& mean, const at::Tensor& var,
+                                       const at::Tensor* weight, at::Tensor& sum_dy, at::Tensor& sum_dy_xmu,
+                                       double eps);
+
 std::tuple<at::Tensor, at::Tensor> run_batch_norm_stats(const at::Tensor& input, BnStatsLaunch launch);
 at::Tensor run_batch_norm_elemt(const at::Tensor& input, const std::optional<at::Tensor>& weight,
                                 const std::optional<at::Tensor>& bias, const at::Tensor& mean,
@@ -73,5 +82,13 @@ at::Tensor run_batch_norm_backward_elemt(const at::Tensor& grad_output, const at
                                          const at::Tensor& var, const at::Tensor& sum_dy,
                                          const at::Tensor& sum_dy_xmu, int64_t count, double eps,
                                          BnBackwardElemtLaunch launch);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_batch_norm_train(const at::Tensor& input,
+                                                                    const std::optional<at::Tensor>& weight,
+                                                                    const std::optional<at::Tensor>& bias,
+                                                                    double eps, BnTrainLaunch launch);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_batch_norm_train_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const at::Tensor& mean, const at::Tensor& var, double eps, BnTrainBackwardLaunch launch);
 
 }  // namespace fusedopt

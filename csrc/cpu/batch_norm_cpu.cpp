@@ -35,9 +35,25 @@ at::Tensor batch_norm_backward_elemt_cpu(const at::Tensor& grad_output, const at
                                        FUSEDOPT_CPU_KERNEL(batch_norm_backward_elemt_kernel));
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cpu(const at::Tensor& input,
+                                                                    const std::optional<at::Tensor>& weight,
+                                                                    const std::optional<at::Tensor>& bias,
+                                                                    double eps) {
+  return run_batch_norm_train(input, weight, bias, eps, FUSEDOPT_CPU_KERNEL(batch_norm_train_kernel));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const at::Tensor& mean, const at::Tensor& var, double eps) {
+  return run_batch_norm_train_backward(grad_output, input, weight, mean, var, eps,
+                                       FUSEDOPT_CPU_KERNEL(batch_norm_train_backward_kernel));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
+  m.impl("batch_norm_train", &batch_norm_train_cpu);
+  m.impl("batch_norm_train_backward", &batch_norm_train_backward_cpu);
   m.impl("batch_norm_stats", &batch_norm_stats_cpu);
   m.impl("batch_norm_elemt", &batch_norm_elemt_cpu);
   m.impl("batch_norm_backward_reduce", &batch_norm_backward_reduce_cpu);

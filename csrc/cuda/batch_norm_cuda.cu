@@ -306,9 +306,39 @@ at::Tensor batch_norm_backward_elemt_cuda(const at::Tensor& grad_output, const a
                                        &backward_elemt_launch);
 }
 
+// The one-process training ops: the two launches of each direction, one after the other on the stream
+// (the per-channel coefficients come from device memory, so nothing waits on the host).
+void train_launch(const BnLayout& l, at::Tensor& out, at::Tensor& mean, at::Tensor& var, const at::Tensor* weight,
+                  const at::Tensor* bias, double eps) {
+  stats_launch(l, mean, var);
+  elemt_launch(l, out, mean, var, weight, bias, eps);
+}
+
+void train_backward_launch(const BnLayout& l, const at::Tensor& dy, at::Tensor& grad_in, const at::Tensor& mean,
+                           const at::Tensor& var, const at::Tensor* weight, at::Tensor& sum_dy,
+                           at::Tensor& sum_dy_xmu, double eps) {
+  backward_reduce_launch(l, dy, mean, sum_dy, sum_dy_xmu);
+  backward_elemt_launch(l, dy, grad_in, mean, var, weight, sum_dy, sum_dy_xmu, l.count(), eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cuda(const at::Tensor& input,
+                                                                     const std::optional<at::Tensor>& weight,
+                                                                     const std::optional<at::Tensor>& bias,
+                                                                     double eps) {
+  return run_batch_norm_train(input, weight, bias, eps, &train_launch);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const at::Tensor& mean, const at::Tensor& var, double eps) {
+  return run_batch_norm_train_backward(grad_output, input, weight, mean, var, eps, &train_backward_launch);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
+  m.impl("batch_norm_train", &batch_norm_train_cuda);
+  m.impl("batch_norm_train_backward", &batch_norm_train_backward_cuda);
   m.impl("batch_norm_stats", &batch_norm_stats_cuda);
   m.impl("batch_norm_elemt", &batch_norm_elemt_cuda);
   m.impl("batch_norm_backward_reduce", &batch_norm_backward_reduce_cuda);

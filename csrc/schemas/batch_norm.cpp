@@ -19,6 +19,15 @@ void define_batch_norm_ops(torch::Library& m) {
   m.def(
       "batch_norm_backward_elemt(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, Tensor var, "
       "Tensor sum_dy, Tensor sum_dy_xmu, int count, float eps) -> Tensor");
+  // One-process training, each direction in one call (the CPU kernels then read each channel from
+  // memory about once): batch_norm_stats + batch_norm_elemt, and batch_norm_backward_reduce +
+  // batch_norm_backward_elemt with count = the values per channel. Same results as the split ops.
+  m.def(
+      "batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, float eps) -> "
+      "(Tensor out, Tensor mean, Tensor var)");
+  m.def(
+      "batch_norm_train_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, Tensor var, "
+      "float eps) -> (Tensor grad_input, Tensor sum_dy, Tensor sum_dy_xmu)");
 }
 
 }  // namespace fusedopt::schemas

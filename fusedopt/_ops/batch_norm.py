@@ -51,6 +51,30 @@ def _backward_elemt_fake(grad_output, input, weight, mean, var, sum_dy, sum_dy_x
     return _output_like(input)
 
 
+@torch.library.register_fake("fusedopt::batch_norm_train")
+def _train_fake(input, weight, bias, eps):
+    torch._check(input.dim() >= 2, lambda: "batch_norm_train: input must have at least 2 dimensions")
+    return _output_like(input), _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("fusedopt::batch_norm_train_backward")
+def _train_backward_fake(grad_output, input, weight, mean, var, eps):
+    return _output_like(input), _per_channel(input), _per_channel(input)
+
+
+def batch_norm_train(input: Tensor, weight: Tensor | None, bias: Tensor | None,
+                     eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, mean, var): batch_norm_stats then batch_norm_elemt, in one call."""
+    return torch.ops.fusedopt.batch_norm_train(input, weight, bias, eps)
+
+
+def batch_norm_train_backward(grad_output: Tensor, input: Tensor, weight: Tensor | None, mean: Tensor,
+                              var: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_input, sum_dy, sum_dy_xmu): batch_norm_backward_reduce then batch_norm_backward_elemt
+    over all the input's values per channel, in one call."""
+    return torch.ops.fusedopt.batch_norm_train_backward(grad_output, input, weight, mean, var, eps)
+
+
 def batch_norm_stats(input: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel (mean, biased variance) of an (N, C, *) input."""
     return torch.ops.fusedopt.batch_norm_stats(input)

@@ -45,8 +45,7 @@ class BatchNormTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, eps):
-        mean, var = ops.batch_norm_stats(input)
-        out = ops.batch_norm_elemt(input, weight, bias, mean, var, eps)
+        out, mean, var = ops.batch_norm_train(input, weight, bias, eps)
         ctx.save_for_backward(input, weight, mean, var)
         ctx.eps = eps
         ctx.mark_non_differentiable(mean, var)
@@ -56,11 +55,12 @@ class BatchNormTrain(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         input, weight, mean, var = ctx.saved_tensors
-        sum_dy, sum_dy_xmu = ops.batch_norm_backward_reduce(grad_out, input, mean)
         grad_input = None
         if ctx.needs_input_grad[0]:
-            grad_input = ops.batch_norm_backward_elemt(grad_out, input, weight, mean, var, sum_dy, sum_dy_xmu,
-                                                       values_per_channel(input), ctx.eps)
+            grad_input, sum_dy, sum_dy_xmu = ops.batch_norm_train_backward(grad_out, input, weight, mean, var,
+                                                                           ctx.eps)
+        else:
+            sum_dy, sum_dy_xmu = ops.batch_norm_backward_reduce(grad_out, input, mean)
         return (grad_input, *_grads_of_params(ctx, sum_dy, sum_dy_xmu, var, ctx.eps), None)
 
 

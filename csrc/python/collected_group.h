@@ -29,6 +29,7 @@ struct CollectedGroup {
   std::vector<int64_t> grad_fixes;              // grads laid out unlike their param
   std::vector<std::pair<int64_t, int64_t>> state_fixes;  // (key, i): dtype/device/layout differs
   std::vector<at::Device> devices;
+  bool has_dtensor = false;  // some param is a DTensor (stepped as its local shard)
   // Set (and collection stopped) when a state tensor's shape differs from its param's: the caller
   // raises ValueError. (Returned rather than thrown: a C++ exception meant to become ValueError
   // crashed the interpreter under torch 2.11 / Python 3.12.)
@@ -65,6 +66,7 @@ struct CollectedGroup {
     CollectedGroup out;
     out.keys = keys;
     out.scalar_keys = scalar_keys;
+    out.has_dtensor = has_dtensor;  // conservative: of the whole group
     out.states.resize(keys.size());
     for (int64_t i : indices) {
       TORCH_CHECK(i >= 0 && i < size(), "index ", i, " out of range");

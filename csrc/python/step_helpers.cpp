@@ -86,6 +86,7 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
     if (!g_arg.defined()) continue;
     // A DTensor param is checked and stepped as its local shard (local_shards.h); the rest unchanged.
     const bool sharded = is_dtensor(p_arg);
+    out.has_dtensor = out.has_dtensor || sharded;
     std::pair<at::Tensor, at::Tensor> shard;
     if (sharded) shard = local_param_and_grad(obj, g_arg, where, i);
     const at::Tensor& p = sharded ? shard.first : p_arg;
@@ -162,6 +163,13 @@ void add_step_helpers(py::module& m) {
         return py::cast(*g.bad_state);
       }, "(param index in group, key, state shape, param shape) of a state of the wrong shape")
       .def_property_readonly("num_devices", [](const CollectedGroup& g) { return g.devices.size(); })
+      .def_property_readonly("devices", [](const CollectedGroup& g) {
+        py::list out;
+        for (const auto& d : g.devices) out.append(py::cast(d));
+        return out;
+      }, "The params' devices, in order of first appearance.")
+      .def_property_readonly("has_dtensor", [](const CollectedGroup& g) { return g.has_dtensor; },
+                             "Whether some param is a DTensor (its local shard is what the kernels see).")
       .def_property_readonly("device", [](const CollectedGroup& g) { return py::cast(g.params.at(0).device()); })
       .def("state", &CollectedGroup::state_list, py::arg("key"),
            "State tensors under key, None where missing.")

@@ -67,42 +67,30 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
     grads = [g for entry in collected for g in entry[1].grads]
     # FSDP2: the kernels see local shards, but the norm is over the whole (DTensor) grads of every
     # rank; get_total_norm all-reduces it across their mesh.
-    sharded = _dtensor_grads(collected)
-    if sharded is not None:
+    devices = list(dict.fromkeys(d for entry in collected for d in entry[1].devices))
+    if any(entry[1].has_dtensor for entry in collected):  # flag set by collect_group, no Python loop
+        sharded = [p.grad for entry in collected for p in entry[1].params]
         norm = get_total_norm(sharded, norm_type)
         norm = norm.to_local() if hasattr(norm, "to_local") else norm
-        return _scales(optimizer, grads, norm, grad_scale, max_norm)
-    if not grads:
+        return _scales(optimizer, devices, norm, grad_scale, max_norm)
+    if not devices:
         optimizer.last_grad_norm = torch.tensor(0.0)
         return {}
+    grads = [g for entry in collected for g in entry[1].grads]
     norm = get_total_norm(grads, norm_type)
-    return _scales(optimizer, grads, norm, grad_scale, max_norm)
+    return _scales(optimizer, devices, norm, grad_scale, max_norm)
 
 
-def _dtensor_grads(collected: list) -> list | None:
-    """The params' own (DTensor) grads when any collected param is a DTensor, else None."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return None
-    params = [p for entry in collected for p in entry[1].params]
-    if not any(isinstance(p, DTensor) for p in params):
-        return None
-    return [p.grad for p in params]
-
-
-def _scales(optimizer, grads: list[Tensor], norm: Tensor, grad_scale: Tensor | None,
+def _scales(optimizer, devices: list[torch.device], norm: Tensor, grad_scale: Tensor | None,
             max_norm: float) -> dict[torch.device, Tensor]:
     if grad_scale is not None:
         norm = norm / grad_scale.to(norm.device, non_blocking=True)
     optimizer.last_grad_norm = norm
     clip_coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     out: dict[torch.device, Tensor] = {}
-    for g in grads:
-        if g.device in out:
-            continue
-        coef = clip_coef.to(g.device, non_blocking=True)
-        scale = (grad_scale.to(g.device, non_blocking=True) if grad_scale is not None
-                 else torch.ones((), device=g.device))
-        out[g.device] = (scale / coef).to(torch.float32).reshape(1)
+    for device in devices:
+        coef = clip_coef.to(device, non_blocking=True)
+        scale = (grad_scale.to(device, non_blocking=True) if grad_scale is not None
+                 else torch.ones((), device=device))
+        out[device] = (scale / coef).to(torch.float32).reshape(1)
     return out

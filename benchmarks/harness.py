@@ -33,6 +33,9 @@ class RunOptions:
     quick: bool = False
     # Whether to add the torch.compile'd torch variants (run.py: on unless --quick or --no-compile).
     compile: bool = True
+    # Inductor's compile time grows with the number of tensors a foreach op touches (minutes for a few
+    # hundred on a 2-core CPU): compiled variants over more tensors are skipped, with that reason.
+    compile_max_tensors: int = 256
 
 
 OPTIONS = RunOptions()
@@ -242,6 +245,13 @@ def warmed(fn: Callable[[], None], calls: int = 2) -> Callable[[], None]:
     for _ in range(calls):
         fn()
     return fn
+
+
+def check_compile_size(tensors: int) -> None:
+    """Skips a compiled variant over more tensors than OPTIONS.compile_max_tensors."""
+    if tensors > OPTIONS.compile_max_tensors:
+        raise Skipped(f"{tensors} tensors: compiling over more than {OPTIONS.compile_max_tensors} takes too long "
+                      f"(--compile-max-tensors)")
 
 
 def compiled(fn: Callable[[], None], calls: int = 2, **compile_kwargs) -> Callable[[], None]:

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 import fusedopt
-from harness import OPTIONS, Case, Skipped, Variant, compiled
+from harness import OPTIONS, Case, Variant, check_compile_size, compiled
 from workloads import ParamSet
 
 _ELEMENT_SIZE = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
@@ -28,17 +28,10 @@ def _step_fn(make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimize
     return setup
 
 
-# Inductor's compile time grows with the number of tensors a foreach step touches (one input per
-# tensor and state buffer): past this many tensors the compiled variant is skipped, with that reason.
-COMPILE_MAX_TENSORS = 2000
-
-
 def _compiled_step_fn(make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer], pset: ParamSet,
                       device: str, dtype: torch.dtype) -> Callable[[], Callable[[], None]]:
     def setup():
-        if pset.count > COMPILE_MAX_TENSORS:
-            raise Skipped(f"{pset.count} tensors: compiling a step over more than {COMPILE_MAX_TENSORS} "
-                          f"takes too long (benchmarks/optimizers.py COMPILE_MAX_TENSORS)")
+        check_compile_size(pset.count)
         params = pset.make(device, dtype)
         for p, g in zip(params, pset.make(device, dtype, seed=1)):
             p.grad = g

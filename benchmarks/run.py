@@ -5,8 +5,9 @@ and appends the results to benchmarks/out/results.jsonl and results.csv.
 
 torch's paths include torch.compile'd ones ("torch compiled ..."; compiled and warmed up before timing,
 tens of seconds per case with Inductor on CPU): on by default, off with --quick unless --compile is
-given, off with --no-compile. A compiled variant that fails to compile is listed as skipped, with the
-reason, after the table and in results.jsonl.
+given, off with --no-compile; skipped over more than --compile-max-tensors tensors (default 256). A
+compiled variant that is skipped or fails to compile is listed with the reason after the table and in
+results.jsonl.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="add the torch.compile'd torch variants (default: yes, except with --quick)")
+    ap.add_argument("--compile-max-tensors", type=int, default=harness.OPTIONS.compile_max_tensors,
+                    help="skip compiled variants over more tensors than this (compile time grows with them)")
     ap.add_argument("--record", metavar="NAME",
                     help="also append this run to benchmarks/results/NAME.jsonl and regenerate RESULTS.md")
     args = ap.parse_args(argv)
@@ -70,6 +73,7 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype]
     harness.OPTIONS.quick = args.quick
     harness.OPTIONS.compile = (not args.quick) if args.compile is None else args.compile
+    harness.OPTIONS.compile_max_tensors = args.compile_max_tensors
     sets = workloads.standard_sets(args.quick, args.device)
     cases = []
     for group in args.only:

@@ -1,5 +1,5 @@
-"""BatchNorm benchmarks: fusedopt.nn.BatchNorm2d against torch.nn.BatchNorm2d, training mode, forward
-and forward+backward, on ResNet-50's BatchNorm shapes, contiguous and channels_last, in the run's dtype
+"""BatchNorm benchmarks: fusedopt.nn.BatchNorm2d against torch.nn.BatchNorm2d, eager and
+torch.compile'd (the module compiled), training mode, forward and forward+backward, on ResNet-50's BatchNorm shapes, contiguous and channels_last, in the run's dtype
 and (for a float32 run) bfloat16 too.
 
 Bytes model (the minimum for a one-pass statistics algorithm): forward reads x for the statistics and
@@ -12,7 +12,7 @@ import torch
 
 import fusedopt
 import harness
-from harness import Case, Variant
+from harness import Case, Variant, warmed
 
 # ResNet-50 BatchNorm2d inputs (channels, spatial), one per stage; the batch size depends on the device.
 RESNET50 = [(64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7)]
@@ -20,20 +20,23 @@ RESNET50 = [(64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7)]
 CPU_GOAL = (64, 64, 56, 56)
 
 
-def _setup(module_cls, shape, dtype, device, memory_format, backward):
+def _setup(module_cls, shape, dtype, device, memory_format, backward, compile_module=False):
     def setup():
         g = torch.Generator().manual_seed(0)
         m = module_cls(shape[1]).to(device).train()
+        if compile_module:
+            m = torch.compile(m)
         x = torch.randn(shape, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
         if not backward:
-            return lambda: m(x)
-        x.requires_grad_()
-        dy = torch.randn(shape, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
+            fn = lambda: m(x)  # noqa: E731
+        else:
+            x.requires_grad_()
+            dy = torch.randn(shape, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
 
-        def step():
-            x.grad = None
-            m(x).backward(dy)
-        return step
+            def fn():
+                x.grad = None
+                m(x).backward(dy)
+        return warmed(fn) if compile_module else fn
     return setup
 
 
@@ -58,10 +61,12 @@ def batchnorm_cases(device: str, dtype: torch.dtype, _param_sets) -> list[Case]:
                         continue
                     passes = 8 if backward else 3
                     name = f"{'fwd+bwd' if backward else 'fwd'} {'x'.join(map(str, shape))} {fmt_name}"
-                    variants = [
-                        Variant("torch", _setup(torch.nn.BatchNorm2d, shape, dt, device, fmt, backward), True),
-                        Variant("fusedopt", _setup(fusedopt.nn.BatchNorm2d, shape, dt, device, fmt, backward)),
-                    ]
+                    variants = [Variant("torch", _setup(torch.nn.BatchNorm2d, shape, dt, device, fmt, backward), True)]
+                    if harness.OPTIONS.compile:
+                        variants.append(Variant(
+                            "torch compiled", _setup(torch.nn.BatchNorm2d, shape, dt, device, fmt, backward, True),
+                            is_torch=True, compiled=True))
+                    variants.append(Variant("fusedopt", _setup(fusedopt.nn.BatchNorm2d, shape, dt, device, fmt, backward)))
                     cases.append(Case("batchnorm", name, device, str(dt).replace("torch.", ""), numel, 1,
                                       passes * numel * dt.itemsize, variants))
     return cases

@@ -5,6 +5,8 @@ clip:      clip_grad_norm_ over 16M params in 2,000 tensors (1M in 200 with --qu
            on every call (max_norm shrinks by 1% per call, so each call scales the grads by ~0.99).
            *Not clipping*: the norm is within max_norm (coefficient 1), where torch still rewrites every
            gradient and fusedopt only reads them.
+           torch.compile'd clip_grad_norm_ (foreach) is a torch variant of both (max_norm passed as an
+           argument of the compiled function).
 clip-step: clipping + an optimizer step (SGD with momentum; AdamW, which the issue states its goal
            for), clipping on every call: <Optimizer>(max_grad_norm=...) with the clipping folded into
            the step, against fusedopt's clip_grad_norm_ followed by fusedopt's step (the folding's own
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 
 import fusedopt
-from harness import OPTIONS, Case, Variant
+from harness import OPTIONS, Case, Variant, check_compile_size, warmed
 from workloads import equal_split
 
 _ELEMENT_SIZE = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
@@ -63,6 +65,16 @@ def _clip_fn(clip, clipping: bool, **kwargs):
     return make
 
 
+def _compiled_clip_fn(clipping: bool):
+    def make(pset, device, dtype):
+        def setup():
+            check_compile_size(pset.count)
+            clip = torch.compile(torch.nn.utils.clip_grad_norm_)
+            return warmed(_clip_fn(clip, clipping, foreach=True)(pset, device, dtype)())
+        return setup
+    return make
+
+
 def clip_cases(device: str, dtype: torch.dtype, _sets) -> list[Case]:
     pset = _param_set()
     size = _ELEMENT_SIZE[dtype]
@@ -71,8 +83,11 @@ def clip_cases(device: str, dtype: torch.dtype, _sets) -> list[Case]:
         variants = [
             Variant("torch for-loop", _clip_fn(torch.nn.utils.clip_grad_norm_, clipping, foreach=False)(pset, device, dtype), True),
             Variant("torch foreach", _clip_fn(torch.nn.utils.clip_grad_norm_, clipping, foreach=True)(pset, device, dtype), True),
-            Variant("fusedopt", _clip_fn(fusedopt.nn.utils.clip_grad_norm_, clipping)(pset, device, dtype)),
         ]
+        if OPTIONS.compile:
+            variants.append(Variant("torch compiled (foreach)", _compiled_clip_fn(clipping)(pset, device, dtype),
+                                    is_torch=True, compiled=True))
+        variants.append(Variant("fusedopt", _clip_fn(fusedopt.nn.utils.clip_grad_norm_, clipping)(pset, device, dtype)))
         # clipping: read the grads for the norm, then read and write them to scale; else one read
         per_element = (3 if clipping else 1) * size
         regime = "clipping" if clipping else "not clipping (norm < max_norm)"

@@ -1,4 +1,5 @@
-"""Dropout benchmarks: fusedopt.nn.functional.dropout against torch.nn.functional.dropout, forward and
+"""Dropout benchmarks: fusedopt.nn.functional.dropout against torch.nn.functional.dropout, eager and
+torch.compile'd (the functional compiled; Inductor generates its own random numbers), forward and
 forward+backward, with the bytes each saves for backward (measured with saved_tensors_hooks in the same
 run and shown in the case name).
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as TF
 
 import fusedopt.nn.functional as FF
-from harness import OPTIONS, Case, Variant
+from harness import OPTIONS, Case, Variant, warmed
 
 _SIZE = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
 P = 0.1
@@ -46,41 +47,52 @@ def dropout_cases(device: str, dtype: torch.dtype, _sets) -> list[Case]:
         es = _SIZE[dt]
         label = f"{n / 1e6:g}M {str(dt).replace('torch.', '')} p={P}"
 
-        def fwd(f, n=n, dt=dt):
+        # With compile=True, setup compiles f (torch.compile) and warms the step up before timing.
+        def fwd(f, compile=False, n=n, dt=dt):
             def setup():
                 x = torch.randn(n, device=device, dtype=dt)
-                return lambda: f(x, P)
+                g = torch.compile(f) if compile else f
+                fn = lambda: g(x, P)  # noqa: E731
+                return warmed(fn) if compile else fn
             return setup
 
-        def fwd_bwd(f, n=n, dt=dt):
+        def fwd_bwd(f, compile=False, n=n, dt=dt):
             def setup():
                 x = torch.randn(n, device=device, dtype=dt, requires_grad=True)
                 g = torch.randn(n, device=device, dtype=dt)
+                h = torch.compile(f) if compile else f
 
                 def step():
-                    f(x, P).backward(g)
+                    h(x, P).backward(g)
                     x.grad = None
-                return step
+                return warmed(step) if compile else step
             return setup
 
-        def inplace(f, n=n, dt=dt):
+        def inplace(f, compile=False, n=n, dt=dt):
             def setup():
                 x = torch.randn(n, device=device, dtype=dt)
-                return lambda: f(x, P, inplace=True)
+                g = torch.compile(f) if compile else f
+                fn = lambda: g(x, P, inplace=True)  # noqa: E731
+                return warmed(fn) if compile else fn
             return setup
+
+        def variants(make):
+            vs = [Variant("torch", make(TF.dropout), True)]
+            if OPTIONS.compile:
+                vs.append(Variant("torch compiled", make(TF.dropout, compile=True), is_torch=True, compiled=True))
+            return vs + [Variant("fusedopt", make(FF.dropout))]
 
         probe = torch.randn(n, device=device, dtype=dt, requires_grad=True)
         saved_t, saved_f = saved_bytes(lambda t: TF.dropout(t, P), probe), saved_bytes(lambda t: FF.dropout(t, P), probe)
         del probe
         # fwd: read x, write out (+ mask n/8); fwd+bwd adds read grad, (mask), write grad_input
         cases.append(Case("dropout", f"forward, {label}", device, str(dt).replace("torch.", ""), n, 1, 2 * es * n,
-                          [Variant("torch", fwd(TF.dropout), True), Variant("fusedopt", fwd(FF.dropout))]))
+                          variants(fwd)))
         cases.append(Case("dropout", f"forward in place, {label}", device, str(dt).replace("torch.", ""), n, 1,
-                          2 * es * n, [Variant("torch", inplace(TF.dropout), True),
-                                       Variant("fusedopt", inplace(FF.dropout))]))
+                          2 * es * n, variants(inplace)))
         cases.append(Case("dropout", f"forward+backward, {label}, saved for backward: torch {_mb(saved_t)}, "
                           f"fusedopt {_mb(saved_f)}", device, str(dt).replace("torch.", ""), n, 1, 4 * es * n,
-                          [Variant("torch", fwd_bwd(TF.dropout), True), Variant("fusedopt", fwd_bwd(FF.dropout))]))
+                          variants(fwd_bwd)))
     return cases
 
 

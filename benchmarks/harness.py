@@ -1,10 +1,15 @@
 """Timing, bandwidth and reporting for the fusedopt benchmarks.
 
 A benchmark is a list of ``Case`` objects. Each case names a workload and holds several ``Variant``s
-(torch's for-loop, foreach and fused paths, fusedopt, ...) that do the same work; every variant is
-timed in the same run, and each result reports its ratio to the fastest torch variant of its case and
-its achieved bandwidth from the case's bytes-moved model, also as a fraction of this machine's copy
-bandwidth measured in the same run.
+(torch's for-loop, foreach and fused paths, torch.compile'd torch, fusedopt, ...) that do the same
+work; every variant is timed in the same run, and each result reports its ratio to the fastest torch
+variant of its case and its achieved bandwidth from the case's bytes-moved model, also as a fraction of
+this machine's copy bandwidth measured in the same run.
+
+A variant whose setup fails for a known reason (``Skipped``, or any error of a ``compiled`` variant:
+torch.compile failing for a case) is not timed; it is recorded as skipped with its reason, printed
+after the table and kept under the run's ``"skipped"`` key in results.jsonl (results.csv holds timed
+rows only, so its columns never change).
 """
 
 from __future__ import annotations
@@ -26,9 +31,18 @@ import torch
 class RunOptions:
     """Options of the current run that case builders may read (set by run.py)."""
     quick: bool = False
+    # Whether to add the torch.compile'd torch variants (run.py: on unless --quick or --no-compile).
+    compile: bool = True
+    # Inductor's compile time grows with the number of tensors a foreach op touches (minutes for a few
+    # hundred on a 2-core CPU): compiled variants over more tensors are skipped, with that reason.
+    compile_max_tensors: int = 256
 
 
 OPTIONS = RunOptions()
+
+
+class Skipped(Exception):
+    """Raised by a variant's setup when the variant cannot run here; the message is the reason."""
 
 
 @dataclasses.dataclass
@@ -38,6 +52,9 @@ class Variant:
     setup: Callable[[], Callable[[], None]]
     # The torch reference paths, against whose fastest the speed-up is reported.
     is_torch: bool = False
+    # A torch.compile'd variant: its setup compiles and warms up (compile time is not timed), and any
+    # error there (torch.compile failing for this case) skips the variant instead of ending the run.
+    compiled: bool = False
 
 
 @dataclasses.dataclass
@@ -68,6 +85,16 @@ class Result:
     frac_of_copy: float | None
     speedup_vs_best_torch: float | None  # best torch time / this time
     best_torch_variant: str | None
+
+
+@dataclasses.dataclass
+class SkippedVariant:
+    group: str
+    case: str
+    variant: str
+    device: str
+    dtype: str
+    reason: str
 
 
 def _sync(device: str) -> None:
@@ -147,27 +174,59 @@ def _time_once(fn: Callable[[], None], device: str) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def _reason(e: BaseException) -> str:
+    if isinstance(e, Skipped):
+        return str(e)
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _setup_variant(variant: Variant, warmup: int):
+    """The variant's per-rep function after `warmup` calls, or the reason it was skipped."""
+    try:
+        fn = variant.setup()
+        for _ in range(warmup):
+            fn()
+        return fn, None
+    except Skipped as e:
+        return None, _reason(e)
+    except Exception as e:  # noqa: BLE001 -- only for compiled variants, whose failures are expected
+        if not variant.compiled:
+            raise
+        return None, _reason(e)
+
+
 def run_cases(cases: list[Case], copy_gbps: float, warmup: int, reps: int,
-              progress: bool = True) -> list[Result]:
+              progress: bool = True) -> tuple[list[Result], list[SkippedVariant]]:
     """Times every variant of a case in the same run, round-robin (one rep of each in turn), so that
-    drifts of the machine's state (clocks, other load, memory placement) hit all variants alike."""
+    drifts of the machine's state (clocks, other load, memory placement) hit all variants alike.
+    Returns the timed results and the variants that were skipped, with the reason."""
     results: list[Result] = []
+    skipped: list[SkippedVariant] = []
     bar = Progress(len(cases), enabled=progress)
     for case in cases:
-        fns = [v.setup() for v in case.variants]
-        for fn in fns:
-            for _ in range(warmup):
-                fn()
+        variants, fns = [], []
+        for v in case.variants:
+            fn, reason = _setup_variant(v, warmup)
+            if fn is None:
+                skipped.append(SkippedVariant(case.group, case.name, v.name, case.device, case.dtype, reason))
+            else:
+                variants.append(v)
+                fns.append(fn)
         _sync(case.device)
         times: list[list[float]] = [[] for _ in fns]
         for _ in range(reps):
             for i, fn in enumerate(fns):
                 times[i].append(_time_once(fn, case.device))
         del fns
+        if any(v.compiled for v in case.variants):
+            import torch._dynamo
+
+            torch._dynamo.reset()  # drops this case's compiled code and what it holds on to
         bar.step(f"{case.group}: {case.name}")
-        torch_times = [(statistics.median(t), v.name) for v, t in zip(case.variants, times) if v.is_torch]
+        torch_times = [(statistics.median(t), v.name) for v, t in zip(variants, times) if v.is_torch]
         best_torch = min(torch_times) if torch_times else None
-        for variant, ts in zip(case.variants, times):
+        for variant, ts in zip(variants, times):
             q1, med, q3 = _quartiles(ts)
             gbps = case.bytes_moved / (med * 1e-3) / 1e9 if case.bytes_moved is not None else None
             results.append(Result(
@@ -177,7 +236,30 @@ def run_cases(cases: list[Case], copy_gbps: float, warmup: int, reps: int,
                 frac_of_copy=gbps / copy_gbps if gbps is not None else None,
                 speedup_vs_best_torch=(best_torch[0] / med) if best_torch else None,
                 best_torch_variant=best_torch[1] if best_torch else None))
-    return results
+    return results, skipped
+
+
+def warmed(fn: Callable[[], None], calls: int = 2) -> Callable[[], None]:
+    """fn after `calls` calls: for a compiled variant's setup, so that compilation happens there (not
+    in the timed region) and a compile error surfaces in the setup, where the variant is skipped."""
+    for _ in range(calls):
+        fn()
+    return fn
+
+
+def check_compile_size(tensors: int) -> None:
+    """Skips a compiled variant over more tensors than OPTIONS.compile_max_tensors."""
+    if tensors > OPTIONS.compile_max_tensors:
+        raise Skipped(f"{tensors} tensors: compiling over more than {OPTIONS.compile_max_tensors} takes too long "
+                      f"(--compile-max-tensors)")
+
+
+def compiled(fn: Callable[[], None], calls: int = 2, **compile_kwargs) -> Callable[[], None]:
+    """torch.compile(fn), compiled and warmed up now (see `warmed`). Compile in the variant's setup,
+    never when building the case: run_cases resets dynamo after each case that has compiled variants,
+    so that each case compiles for its own shapes and objects, as a user's program would, instead of
+    piling up recompilations (and hitting dynamo's recompile limit) across cases."""
+    return warmed(torch.compile(fn, **compile_kwargs), calls)
 
 
 def environment(device: str, copy_gbps: float) -> dict:
@@ -212,6 +294,14 @@ def _cpu_model() -> str | None:
     return None
 
 
+def format_skipped(skipped: list[SkippedVariant]) -> str:
+    """The skipped variants, one line each, for after the table ('' when none)."""
+    if not skipped:
+        return ""
+    return "\n".join([f"skipped ({len(skipped)} variants, not timed):"]
+                     + [f"  {s.group}: {s.case} [{s.dtype}]: {s.variant}: {s.reason}" for s in skipped])
+
+
 def format_table(results: list[Result]) -> str:
     header = ["case", "variant", "median ms", "±iqr", "GB/s", "% copy", "vs best torch"]
     rows = []
@@ -228,8 +318,10 @@ def format_table(results: list[Result]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def write_outputs(results: list[Result], env: dict, out_dir: str) -> dict[str, str]:
-    """Appends to results.jsonl and results.csv in out_dir (one schema across runs and machines)."""
+def write_outputs(results: list[Result], env: dict, out_dir: str,
+                  skipped: list[SkippedVariant] = ()) -> dict[str, str]:
+    """Appends to results.jsonl and results.csv in out_dir (one schema across runs and machines).
+    Skipped variants go only to results.jsonl, under the run's "skipped" key."""
     os.makedirs(out_dir, exist_ok=True)
     run_id = time.strftime("%Y%m%dT%H%M%S")
     rows = [dict(run_id=run_id, **dataclasses.asdict(r), device_name=env["device_name"],
@@ -237,7 +329,8 @@ def write_outputs(results: list[Result], env: dict, out_dir: str) -> dict[str, s
             for r in results]
     jsonl = os.path.join(out_dir, "results.jsonl")
     with open(jsonl, "a") as f:
-        f.write(json.dumps({"run_id": run_id, "environment": env, "results": rows}) + "\n")
+        f.write(json.dumps({"run_id": run_id, "environment": env, "results": rows,
+                            "skipped": [dataclasses.asdict(s) for s in skipped]}) + "\n")
     csv_path = os.path.join(out_dir, "results.csv")
     new = not os.path.exists(csv_path)
     with open(csv_path, "a", newline="") as f:

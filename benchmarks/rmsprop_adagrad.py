@@ -1,5 +1,5 @@
-"""RMSprop and Adagrad step benchmarks: fusedopt against torch's for-loop, foreach and (Adagrad) fused
-paths, in the same run."""
+"""RMSprop and Adagrad step benchmarks: fusedopt against torch's for-loop, foreach, (Adagrad) fused
+and torch.compile'd foreach paths, in the same run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 import fusedopt
 from harness import Case, Variant
-from optimizers import _ELEMENT_SIZE, _step_fn
+from optimizers import _ELEMENT_SIZE, _step_fn, compiled_variant
 from workloads import ParamSet
 
 
@@ -29,6 +29,7 @@ def _variants(torch_cls, ours_cls, kwargs, pset: ParamSet, device: str, dtype: t
     ]
     if _torch_fused_works(torch_cls, device, dtype):
         variants.append(Variant("torch fused", _step_fn(lambda ps: torch_cls(ps, fused=True, **kwargs), pset, device, dtype), True))
+    variants += compiled_variant(torch_cls, kwargs, pset, device, dtype)
     variants.append(Variant("fusedopt", _step_fn(lambda ps: ours_cls(ps, **kwargs), pset, device, dtype)))
     return variants
 

@@ -2,6 +2,12 @@
 
 Prints a table (median time, spread, GB/s, % of copy bandwidth, speed-up over torch's fastest path)
 and appends the results to benchmarks/out/results.jsonl and results.csv.
+
+torch's paths include torch.compile'd ones ("torch compiled ..."; compiled and warmed up before timing,
+tens of seconds per case with Inductor on CPU): on by default, off with --quick unless --compile is
+given, off with --no-compile; skipped over more than --compile-max-tensors tensors (default 256). A
+compiled variant that is skipped or fails to compile is listed with the reason after the table and in
+results.jsonl.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="add the torch.compile'd torch variants (default: yes, except with --quick)")
+    ap.add_argument("--compile-max-tensors", type=int, default=harness.OPTIONS.compile_max_tensors,
+                    help="skip compiled variants over more tensors than this (compile time grows with them)")
     ap.add_argument("--record", metavar="NAME",
                     help="also append this run to benchmarks/results/NAME.jsonl and regenerate RESULTS.md")
     args = ap.parse_args(argv)
@@ -62,6 +72,8 @@ def main(argv=None) -> int:
     warmup = args.warmup or (1 if args.quick else 5)
     dtype = DTYPES[args.dtype]
     harness.OPTIONS.quick = args.quick
+    harness.OPTIONS.compile = (not args.quick) if args.compile is None else args.compile
+    harness.OPTIONS.compile_max_tensors = args.compile_max_tensors
     sets = workloads.standard_sets(args.quick, args.device)
     cases = []
     for group in args.only:
@@ -70,13 +82,17 @@ def main(argv=None) -> int:
     copy_numel = (1 << 22) if args.quick else ((1 << 28) if args.device.startswith("cuda") else (1 << 26))
     copy_gbps = harness.copy_bandwidth_gbps(args.device, copy_numel)
     env = harness.environment(args.device, copy_gbps)
+    env["torch_compile_variants"] = harness.OPTIONS.compile
     print(f"# fusedopt benchmarks on {env['device_name']} ({args.device}), torch {env['torch']}, "
           f"fusedopt {env['fusedopt']} [{env['fusedopt_build']['cpu_capability']}], "
           f"{env['cpu_threads']} CPU threads, copy bandwidth {copy_gbps:.1f} GB/s"
-          f"{' (quick mode: sizes too small to judge speed)' if args.quick else ''}")
-    results = harness.run_cases(cases, copy_gbps, warmup, reps, progress=not args.no_progress)
+          f"{' (quick mode: sizes too small to judge speed)' if args.quick else ''}"
+          f"{'' if harness.OPTIONS.compile else '; torch.compile variants off (--compile adds them)'}")
+    results, skipped = harness.run_cases(cases, copy_gbps, warmup, reps, progress=not args.no_progress)
     print(harness.format_table(results))
-    paths = harness.write_outputs(results, env, args.out)
+    if skipped:
+        print("\n" + harness.format_skipped(skipped))
+    paths = harness.write_outputs(results, env, args.out, skipped)
     import plots
 
     with open(paths["jsonl"]) as f:

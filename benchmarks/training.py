@@ -1,6 +1,8 @@
 """End-to-end training step: a small CNN with BatchNorm and Dropout, trained with AdamW and gradient
-clipping on synthetic data; torch's modules and optimizer against fusedopt's. One call is a whole step
-(zero_grad, forward, loss, backward, clip, step); the table's time is per step (steps/s = 1000 / ms).
+clipping on synthetic data; torch's modules and optimizer against fusedopt's, and torch's model under
+torch.compile (forward and, through AOTAutograd, backward compiled; clip and fused AdamW eager). One
+call is a whole step (zero_grad, forward, loss, backward, clip, step); the table's time is per step
+(steps/s = 1000 / ms).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 import fusedopt
-from harness import OPTIONS, Case, Variant
+from harness import OPTIONS, Case, Variant, warmed
 
 MAX_GRAD_NORM = 1.0
 
@@ -25,7 +27,8 @@ def _model(norm: type, dropout: type, width: int, classes: int = 10) -> nn.Modul
         nn.Linear(4 * width, 256), nn.ReLU(), dropout(0.5), nn.Linear(256, classes))
 
 
-def _step_fn(fused_modules: bool, optimizer: str, device: str, batch: int, width: int, image: int):
+def _step_fn(fused_modules: bool, optimizer: str, device: str, batch: int, width: int, image: int,
+             compile_model: bool = False):
     def setup():
         torch.manual_seed(0)
         if fused_modules:
@@ -34,6 +37,7 @@ def _step_fn(fused_modules: bool, optimizer: str, device: str, batch: int, width
             model = _model(nn.BatchNorm2d, nn.Dropout, width)
         model = model.to(device).train()
         params = list(model.parameters())
+        forward = torch.compile(model) if compile_model else model
         if optimizer == "fusedopt folded clip":
             opt = fusedopt.optim.AdamW(params, lr=1e-3, weight_decay=0.01, max_grad_norm=MAX_GRAD_NORM)
         elif optimizer == "fusedopt":
@@ -48,13 +52,13 @@ def _step_fn(fused_modules: bool, optimizer: str, device: str, batch: int, width
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(forward(x), y)
             loss.backward()
             if clip is not None:
                 clip(params, MAX_GRAD_NORM)
             opt.step()
 
-        return step
+        return warmed(step) if compile_model else step
 
     return setup
 
@@ -67,6 +71,12 @@ def training_cases(device: str, dtype: torch.dtype, param_sets) -> list[Case]:
     variants = [
         Variant("torch modules, foreach AdamW + clip", _step_fn(False, "foreach", device, batch, width, image), True),
         Variant("torch modules, fused AdamW + clip", _step_fn(False, "fused", device, batch, width, image), True),
+    ]
+    if OPTIONS.compile:
+        variants.append(Variant("torch compiled model, fused AdamW + clip",
+                                _step_fn(False, "fused", device, batch, width, image, compile_model=True),
+                                is_torch=True, compiled=True))
+    variants += [
         Variant("torch modules, fusedopt AdamW + clip", _step_fn(False, "fusedopt", device, batch, width, image)),
         Variant("fusedopt", _step_fn(True, "fusedopt folded clip", device, batch, width, image)),
     ]

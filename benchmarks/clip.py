@@ -69,7 +69,11 @@ def _compiled_clip_fn(clipping: bool):
     def make(pset, device, dtype):
         def setup():
             check_compile_size(pset.count)
-            clip = torch.compile(torch.nn.utils.clip_grad_norm_)
+            compiled = torch.compile(torch.nn.utils.clip_grad_norm_)
+            # max_norm changes every call while clipping: passed as a 0-dim tensor (a graph input), a
+            # Python float would be specialised on and recompile on every call.
+            def clip(ps, max_norm, **kwargs):
+                return compiled(ps, torch.tensor(max_norm, device=device), **kwargs)
             return warmed(_clip_fn(clip, clipping, foreach=True)(pset, device, dtype)())
         return setup
     return make

@@ -181,7 +181,17 @@ void add_step_helpers(py::module& m) {
         g.state_tensors(key).at(i) = local_or_self(t);
       })
       .def("select", &CollectedGroup::select, py::arg("indices"))
-      .def("by_device", &CollectedGroup::by_device);
+      .def("by_device", [](py::object self) {
+        // One device (the usual case): the group itself, not a copy of its lists.
+        const auto& g = self.cast<const CollectedGroup&>();
+        py::list out;
+        if (g.devices.size() <= 1) {
+          out.append(self);
+          return out;
+        }
+        for (auto& part : g.by_device()) out.append(py::cast(std::move(part)));
+        return out;
+      }, "One group per device, in order of first appearance (the group itself when it has one).");
   m.def("collect_group", &collect_group, py::arg("params"), py::arg("state"), py::arg("keys"),
         py::arg("where"), py::arg("scalar_keys") = std::vector<std::string>{},
         "Check and collect a param group in one pass (see step_helpers.cpp). States under scalar_keys "

@@ -26,11 +26,21 @@ def collect(optimizer, name: str, group_index: int, keys: tuple[str, ...],
     return collected
 
 
-def repair_layouts(collected, optimizer_state) -> dict[int, Tensor]:
+def _same_layout(t: Tensor, p: Tensor, dtype: torch.dtype) -> bool:
+    # Same shape (checked by collect_group) and strides as the dense param: dense, same memory order.
+    return (t.dtype == dtype and t.device == p.device
+            and (t.stride() == p.stride() or (t.is_contiguous() and p.is_contiguous())))
+
+
+def repair_layouts(collected, optimizer_state, state_dtype=None) -> dict[int, Tensor]:
     """Replace grads and state tensors whose dtype, device or memory order differ from their param's
     (hand-assigned grads, state loaded from a checkpoint) by equal-valued tensors laid out like the
     param; repaired state is stored back into the optimizer's state. Returns {index: original grad}
     for the grads replaced, to write unscaled values back after a GradScaler step.
+
+    ``state_dtype(param)``, when given, is the dtype the optimizer keeps that param's state in (e.g.
+    float32 for float16 params with master weights; collect_group flags such states as mismatches,
+    so only what differs from that dtype is repaired).
 
     For a DTensor param the grad is repaired as its local shard (what the kernel sees), and the state
     as a DTensor placed like the param (what the optimizer state holds)."""
@@ -44,8 +54,13 @@ def repair_layouts(collected, optimizer_state) -> dict[int, Tensor]:
         params = collected.params
         for key_index, i in collected.state_fixes:
             key = collected.keys[key_index]
-            fixed = torch.empty_like(params[i]).copy_(optimizer_state[params[i]][key])
-            optimizer_state[params[i]][key] = fixed
+            p = params[i]
+            t = optimizer_state[p][key]
+            dtype = p.dtype if state_dtype is None else state_dtype(p)
+            if dtype != p.dtype and _same_layout(t, p, dtype):
+                continue
+            fixed = torch.empty_like(p, dtype=dtype).copy_(t)
+            optimizer_state[p][key] = fixed
             collected.set_state(key, i, fixed)
     return replaced
 

@@ -7,11 +7,12 @@ from torch import Tensor
 
 from .. import _C
 from . import _clipping, _common, _step_state
+from ._fused_step import FusedStep
 
 _NAME = "fusedopt.optim.Adagrad"
 
 
-class Adagrad(torch.optim.Adagrad):
+class Adagrad(FusedStep, torch.optim.Adagrad):
     """Implements Adagrad, as :class:`torch.optim.Adagrad`, with each param group's update done by one
     fused kernel per device (``torch.ops.fusedopt.adagrad_``).
 
@@ -97,48 +98,18 @@ class Adagrad(torch.optim.Adagrad):
         super().load_state_dict(state_dict)
         _step_state.move_to_params(self)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform a single optimization step.
+    _NAME = _NAME
 
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("step", "sum"), ("step",)
 
-        # Everything is checked before anything is modified.
-        collected = []
-        for i, group in enumerate(self.param_groups):
-            if group["differentiable"]:
-                raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.Adagrad")
-            c = _common.collect(self, _NAME, i, ("step", "sum"), scalar_keys=("step",))
-            if len(c):
-                collected.append((group, c, _step_state.check(c, _NAME, i)))
-        grad_scale, found_inf = _common.grad_scaler_tensors(self)
+    def _prepare(self, group: dict, c) -> None:
+        # Params added by add_param_group have no state yet (torch's Adagrad fails on them).
+        _step_state.create_missing(c, self.state)
+        _common.create_missing_state(
+            c, self.state, "sum", lambda p: self._initial_sum(p, group["initial_accumulator_value"]))
 
-        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
-        scales = _clipping.step_grad_scales(self, collected, grad_scale)
-        moved: dict = {}
-        for group, c, step_fixes in collected:
-            replaced = _common.repair_layouts(c, self.state)
-            _step_state.repair(c, self.state, step_fixes)
-            # Params added by add_param_group have no state yet (torch's Adagrad fails on them).
-            _step_state.create_missing(c, self.state)
-            _common.create_missing_state(
-                c, self.state, "sum", lambda p: self._initial_sum(p, group["initial_accumulator_value"]))
-            for part in c.by_device():
-                device = part.device
-                scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
-                self._run(group, part, scale,
-                          _common.on_device(found_inf, device, moved))
-            if grad_scale is not None or scales is not None:
-                _common.write_back_grads(c, replaced)
-        return loss
-
-    def _run(self, group: dict, c, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    def _run(self, group: dict, c, _prepared, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
         lr, lr_tensor = _common.lr_args(group["lr"], c.device)
         _C.adagrad_group(
             c, lr=lr, lr_tensor=lr_tensor, lr_decay=float(group["lr_decay"]),

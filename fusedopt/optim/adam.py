@@ -8,19 +8,14 @@ from torch import Tensor
 
 from .. import _C
 from . import _clipping, _common, _step_state
+from ._fused_step import FusedStep
 
 _HALF = (torch.float16, torch.bfloat16)
 # State keys kept in float32 for float16/bfloat16 params under master_weights=True.
 _FLOAT32_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
 
 
-def _same_layout(t: Tensor, p: Tensor, dtype: torch.dtype) -> bool:
-    # Same shape (checked by collect_group) and strides as the dense param: dense, same memory order.
-    return (t.dtype == dtype and t.device == p.device
-            and (t.stride() == p.stride() or (t.is_contiguous() and p.is_contiguous())))
-
-
-class Adam(torch.optim.Adam):
+class Adam(FusedStep, torch.optim.Adam):
     """Implements Adam (and, with ``decoupled_weight_decay=True``, AdamW) as :class:`torch.optim.Adam`,
     with each param group's update done by one fused kernel per device (``torch.ops.fusedopt.adam_``).
 
@@ -122,58 +117,20 @@ class Adam(torch.optim.Adam):
                 if torch.is_tensor(value) and value.dtype == torch.float32:
                     self.state[p][key] = torch.empty_like(p, dtype=torch.float32).copy_(value)
 
-    def _keys(self, group) -> tuple[str, ...]:
+    def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
         keys = ("exp_avg", "exp_avg_sq", "step")
         if group["amsgrad"]:
             keys += ("max_exp_avg_sq",)
         if self.master_weights:
             keys += ("master_param",)
-        return keys
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform a single optimization step.
-
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        # Everything is checked before anything is modified.
-        collected = []
-        for i, group in enumerate(self.param_groups):
-            if group["differentiable"]:
-                raise RuntimeError(f"{self._NAME} does not support differentiable=True")
-            c = _common.collect(self, self._NAME, i, self._keys(group), scalar_keys=("step",))
-            if len(c):
-                collected.append((group, c, _step_state.check(c, self._NAME, i)))
-        # GradScaler: no host synchronisation. A skipped first step leaves zero moments and step 0,
-        # which the next step treats exactly like absent state.
-        grad_scale, found_inf = _common.grad_scaler_tensors(self)
-
-        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
-        scales = _clipping.step_grad_scales(self, collected, grad_scale)
-        moved: dict = {}
-        for group, c, step_fixes in collected:
-            _step_state.repair(c, self.state, step_fixes)
-            half = self._create_state(group, c)
-            replaced = self._repair_layouts(c, half)
-            for part in c.by_device():
-                device = part.device
-                scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
-                self._run(group, part, half, scale,
-                          _common.on_device(found_inf, device, moved))
-            if grad_scale is not None or scales is not None:
-                _common.write_back_grads(c, replaced)
-        return loss
+        # A step GradScaler skips leaves zero moments and step 0, which the next step treats exactly
+        # like absent state: no host synchronisation (_skip_needs_sync stays False).
+        return keys, ("step",)
 
     def _state_dtype(self, p: Tensor) -> torch.dtype:
         return torch.float32 if self.master_weights and p.dtype in _HALF else p.dtype
 
-    def _create_state(self, group, c) -> list[int] | None:
+    def _prepare(self, group, c) -> list[int] | None:
         """Creates missing state; returns the indices of float16/bfloat16 params under
         master_weights (None without master weights)."""
         _step_state.create_missing(c, self.state)
@@ -192,27 +149,6 @@ class Adam(torch.optim.Adam):
             self.state[params[i]]["master_param"] = master
             c.set_state("master_param", i, master)
         return half
-
-    def _repair_layouts(self, c, half: list[int] | None) -> dict:
-        if half is None:
-            return _common.repair_layouts(c, self.state)
-        # collect_group flags float32 states of half params as dtype mismatches; under master weights
-        # float32 is what they must be, so only what differs from that is repaired.
-        replaced = {}
-        params, grads = c.params, c.grads
-        for i in c.grad_fixes:  # as _common.repair_layouts: a DTensor's grad is repaired as its shard
-            replaced[i] = grads[i]
-            c.set_grad(i, torch.empty_like(c.local_param(i)).copy_(grads[i]))
-        for key_index, i in c.state_fixes:
-            key = c.keys[key_index]
-            p = params[i]
-            t = self.state[p][key]  # the stored state (a DTensor for a DTensor param)
-            dtype = self._state_dtype(p)
-            if not _same_layout(t, p, dtype):
-                fixed = torch.empty_like(p, dtype=dtype).copy_(t)
-                self.state[p][key] = fixed
-                c.set_state(key, i, fixed)
-        return replaced
 
     def _run(self, group: dict, c, half: list[int] | None, grad_scale: Tensor | None,
              found_inf: Tensor | None) -> None:

@@ -7,11 +7,12 @@ from torch import Tensor
 
 from .. import _C
 from . import _clipping, _common, _step_state
+from ._fused_step import FusedStep
 
 _NAME = "fusedopt.optim.RMSprop"
 
 
-class RMSprop(torch.optim.RMSprop):
+class RMSprop(FusedStep, torch.optim.RMSprop):
     """Implements RMSprop, as :class:`torch.optim.RMSprop`, with each param group's update done by one
     fused kernel per device (``torch.ops.fusedopt.rmsprop_``).
 
@@ -93,54 +94,23 @@ class RMSprop(torch.optim.RMSprop):
             keys.append("grad_avg")
         return tuple(keys)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform a single optimization step.
+    _NAME = _NAME
 
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self._state_keys(group), ("step",)
 
-        # Everything is checked before anything is modified.
-        collected = []
-        for i, group in enumerate(self.param_groups):
-            if group["differentiable"]:
-                raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.RMSprop")
-            c = _common.collect(self, _NAME, i, self._state_keys(group), scalar_keys=("step",))
-            if len(c):
-                collected.append((group, c, _step_state.check(c, _NAME, i)))
-        grad_scale, found_inf = _common.grad_scaler_tensors(self)
-        if found_inf is not None and any(c.missing(k) for _, c, _ in collected for k in c.keys):
-            # A param's first step creates its state. If GradScaler is about to skip this step, the
-            # state must not exist afterwards (torch's non-fused path skips step() entirely). This is
-            # the only host synchronisation: once, on a param's first step.
-            if found_inf.item() != 0:
-                return loss
+    def _skip_needs_sync(self, collected: list) -> bool:
+        # A param's first step creates its state. If GradScaler is about to skip this step, the state
+        # must not exist afterwards (torch's non-fused path skips step() entirely).
+        return any(c.missing(k) for _, c, _ in collected for k in c.keys)
 
-        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
-        scales = _clipping.step_grad_scales(self, collected, grad_scale)
-        moved: dict = {}
-        for group, c, step_fixes in collected:
-            replaced = _common.repair_layouts(c, self.state)
-            _step_state.repair(c, self.state, step_fixes)
-            _step_state.create_missing(c, self.state)
-            for key in c.keys[1:]:
-                _common.create_missing_state(
-                    c, self.state, key, lambda p: torch.zeros_like(p, memory_format=torch.preserve_format))
-            for part in c.by_device():
-                device = part.device
-                scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
-                self._run(group, part, scale,
-                          _common.on_device(found_inf, device, moved))
-            if grad_scale is not None or scales is not None:
-                _common.write_back_grads(c, replaced)
-        return loss
+    def _prepare(self, group: dict, c) -> None:
+        _step_state.create_missing(c, self.state)
+        for key in c.keys[1:]:
+            _common.create_missing_state(
+                c, self.state, key, lambda p: torch.zeros_like(p, memory_format=torch.preserve_format))
 
-    def _run(self, group: dict, c, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    def _run(self, group: dict, c, _prepared, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
         lr, lr_tensor = _common.lr_args(group["lr"], c.device)
         _C.rmsprop_group(
             c, lr=lr, lr_tensor=lr_tensor, alpha=float(group["alpha"]), eps=float(group["eps"]),

@@ -7,11 +7,12 @@ from torch import Tensor
 
 from .. import _C
 from . import _clipping, _common
+from ._fused_step import FusedStep
 
 _NAME = "fusedopt.optim.SGD"
 
 
-class SGD(torch.optim.SGD):
+class SGD(FusedStep, torch.optim.SGD):
     """Implements stochastic gradient descent (optionally with momentum), as :class:`torch.optim.SGD`,
     with each param group's update done by one fused kernel per device (``torch.ops.fusedopt.sgd_``).
 
@@ -75,50 +76,18 @@ class SGD(torch.optim.SGD):
         # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
         self._step_supports_amp_scaling = True
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform a single optimization step.
+    _NAME = _NAME
 
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (("momentum_buffer",) if group["momentum"] != 0 else ()), ()
 
-        # Everything is checked before anything is modified.
-        collected = []
-        for i, group in enumerate(self.param_groups):
-            if group["differentiable"]:
-                raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.SGD")
-            keys = ("momentum_buffer",) if group["momentum"] != 0 else ()
-            c = _common.collect(self, _NAME, i, keys)
-            if len(c):
-                collected.append((group, c))
-        grad_scale, found_inf = _common.grad_scaler_tensors(self)
-        if found_inf is not None and any(c.keys and c.missing("momentum_buffer") for _, c in collected):
-            # A param's first momentum step creates its buffer from the gradient. If GradScaler is
-            # about to skip this step, the buffer must not exist afterwards (torch's non-fused path
-            # skips step() entirely; torch's fused path would leave the empty buffer uninitialised).
-            # This is the only host synchronisation: once, on a param's first step.
-            if found_inf.item() != 0:
-                return loss
-        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
-        scales = _clipping.step_grad_scales(self, collected, grad_scale)
+    def _skip_needs_sync(self, collected: list) -> bool:
+        # A param's first momentum step creates its buffer from the gradient. If GradScaler is about
+        # to skip this step, the buffer must not exist afterwards (torch's non-fused path skips
+        # step() entirely; torch's fused path would leave the empty buffer uninitialised).
+        return any(c.keys and c.missing("momentum_buffer") for _, c, _ in collected)
 
-        moved: dict = {}
-        for group, c in collected:
-            replaced = _common.repair_layouts(c, self.state)
-            for part in c.by_device():
-                device = part.device
-                scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
-                self._run(group, part, scale, _common.on_device(found_inf, device, moved))
-            if grad_scale is not None or scales is not None:
-                _common.write_back_grads(c, replaced)
-        return loss
-
-    def _run(self, group: dict, c, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    def _run(self, group: dict, c, _prepared, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
         lr, lr_tensor = _common.lr_args(group["lr"], c.device)
         hyper = dict(
             lr=lr, lr_tensor=lr_tensor, weight_decay=float(group["weight_decay"]),

@@ -1,0 +1,83 @@
+"""The ``step()`` every fusedopt optimizer shares; each optimizer supplies only what differs: which
+state keys it keeps, how it creates missing state, and the launch of its op (``_run``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _clipping, _common, _step_state
+
+
+class FusedStep:
+    """Mixin placed before the torch optimizer class: ``class SGD(FusedStep, torch.optim.SGD)``.
+
+    A step checks every param group before anything is modified (``_common.collect``; step counts by
+    ``_step_state.check``), then per group: repairs layouts, creates missing state (``_prepare``) and
+    calls ``_run`` once per device with the grad-scale divisor (GradScaler's scale, times the folded
+    clipping's 1/coefficient when ``max_grad_norm`` is set) and GradScaler's ``found_inf``.
+    """
+
+    _NAME: str  # "fusedopt.optim.<Class>", used in messages
+
+    def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(state keys to collect, those of them that are per-param scalars such as 'step')."""
+        raise NotImplementedError
+
+    def _skip_needs_sync(self, collected: list) -> bool:
+        """Whether a step that GradScaler skips would still create state (a first step that derives
+        state from the grads): then found_inf is read on the host once and the step returns early."""
+        return False
+
+    def _state_dtype(self, p: Tensor) -> torch.dtype:
+        """The dtype the optimizer keeps p's (non-scalar) state in."""
+        return p.dtype
+
+    def _prepare(self, group: dict, c):
+        """Create the group's missing state; the return value is passed to _run."""
+        return None
+
+    def _run(self, group: dict, part, prepared, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        # Everything is checked before anything is modified.
+        collected = []
+        for i, group in enumerate(self.param_groups):
+            if group["differentiable"]:
+                raise RuntimeError(f"{self._NAME} does not support differentiable=True; use "
+                                   f"torch.optim.{self._NAME.rsplit('.', 1)[1]}")
+            keys, scalar_keys = self._collect_keys(group)
+            c = _common.collect(self, self._NAME, i, keys, scalar_keys=scalar_keys)
+            if len(c):
+                step_fixes = _step_state.check(c, self._NAME, i) if "step" in scalar_keys else []
+                collected.append((group, c, step_fixes))
+        grad_scale, found_inf = _common.grad_scaler_tensors(self)
+        if found_inf is not None and self._skip_needs_sync(collected) and found_inf.item() != 0:
+            return loss
+
+        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
+        scales = _clipping.step_grad_scales(self, collected, grad_scale)
+        moved: dict = {}
+        for group, c, step_fixes in collected:
+            replaced = _common.repair_layouts(c, self.state, self._state_dtype)
+            _step_state.repair(c, self.state, step_fixes)
+            prepared = self._prepare(group, c)
+            for part in c.by_device():
+                device = part.device
+                scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
+                self._run(group, part, prepared, scale, _common.on_device(found_inf, device, moved))
+            if grad_scale is not None or scales is not None:
+                _common.write_back_grads(c, replaced)
+        return loss

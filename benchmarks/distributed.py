@@ -6,8 +6,6 @@ reference; fusedopt on plain tensors of the same shapes shows the unwrapping ove
 from __future__ import annotations
 
 import atexit
-import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -23,13 +21,9 @@ def _mesh(device: str):
     """A one-process mesh on `device`'s type (starts a one-process group once)."""
     from torch.distributed.device_mesh import init_device_mesh
     if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(port))
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend, rank=0, world_size=1)
+        # An in-process store: one rank needs no TCP port or store server thread.
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         atexit.register(dist.destroy_process_group)
     return init_device_mesh(device.split(":")[0], (1,))
 

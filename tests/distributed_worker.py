@@ -14,7 +14,6 @@ optimizer also runs under the same wrapper, with that run too.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -355,13 +354,14 @@ def shared_tempdir() -> str:
     return holder[0]
 
 
-def run_rank(rank: int, world_size: int, port: int, cases: list[str], out: str, tempdir: str) -> None:
+def run_rank(rank: int, world_size: int, cases: list[str], out: str, tempdir: str) -> None:
     global _TEMPDIR
     _TEMPDIR = tempdir
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import datetime
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    # A file store, not a TCP port: no port race, and rank 0 hosts no store server thread to tear down.
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(tempdir, 'init')}", rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=60))
     results = {}
     try:
         for case in cases:
@@ -378,18 +378,12 @@ def run_rank(rank: int, world_size: int, port: int, cases: list[str], out: str, 
                     "ok": all(v[0] for v in verdicts),
                     "detail": "\n".join(v[1] for v in verdicts if not v[0]),
                 }
+        dist.barrier()  # neither rank tears its connections down while the other still uses them
     finally:
         if rank == 0:
             with open(out, "w") as f:
                 json.dump(results, f, indent=1)
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    import socket
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv=None) -> int:
@@ -399,7 +393,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=list(CASES))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tempdir:
-        mp.spawn(run_rank, args=(args.world_size, free_port(), args.only, args.out, tempdir),
+        mp.spawn(run_rank, args=(args.world_size, args.only, args.out, tempdir),
                  nprocs=args.world_size, join=True)
     return 0
 

@@ -342,14 +342,15 @@ def test_sgd_folded_clipping(device, dtype, p, max_norm, momentum):
                     g = torch.randn_like(a) * 2
                     a.grad.copy_(g)
                     b.grad.copy_(g)
+        grads_before = [a.grad.clone() if a.grad is not None else None for a in ours]
         opt.step()
         n = torch.nn.utils.clip_grad_norm_(theirs, max_norm, p)
         ref.step()
         torch.testing.assert_close(opt.last_grad_norm.double(), n.double(), **_norm_tol([dtype], p))
-        for a, b in zip(ours, theirs):
+        for a, b, g in zip(ours, theirs, grads_before):
             torch.testing.assert_close(a.detach().double(), b.detach().double(), **tol)
-            if a.grad is not None:  # grads left clipped, as torch's
-                torch.testing.assert_close(a.grad.double(), b.grad.double(), **tol)
+            if g is not None:  # the clipped grads are used, not stored
+                assert torch.equal(a.grad, g)
     assert set(opt.state_dict()["param_groups"][0]) == set(ref.state_dict()["param_groups"][0])
 
 
@@ -429,7 +430,8 @@ FOLDED_OPTIMIZERS = {
 @pytest.mark.parametrize("grad_scaler", [False, True])
 def test_folded_clipping_every_optimizer(device, name, p, grad_scaler):
     """<Optimizer>(max_grad_norm=...) equals clip_grad_norm_ then torch's step, with GradScaler too
-    (where the norm is that of the unscaled grads)."""
+    (where the norm is that of the unscaled grads). The grads keep their values without GradScaler and
+    are left unscaled and clipped with it (as scaler.unscale_ + clip_grad_norm_ leave torch's)."""
     if grad_scaler and device != "cpu":
         pytest.skip("the CPU GradScaler is enough to check the folded unscale")
     make_ours, make_theirs = FOLDED_OPTIMIZERS[name]
@@ -447,6 +449,7 @@ def test_folded_clipping_every_optimizer(device, name, p, grad_scaler):
                 g = torch.randn_like(a) * 3
                 a.grad.copy_(g * scale)
                 b.grad.copy_(g * scale)
+        grads_before = [a.grad.clone() if a.grad is not None else None for a in ours]
         if grad_scaler:
             s_ours.step(opt)
             s_ours.update()
@@ -459,7 +462,60 @@ def test_folded_clipping_every_optimizer(device, name, p, grad_scaler):
             n = torch.nn.utils.clip_grad_norm_(theirs, 0.4, p)
             ref.step()
         torch.testing.assert_close(opt.last_grad_norm, n, **_norm_tol([torch.float32], p))
-        for a, b in zip(ours, theirs):
+        for a, b, g in zip(ours, theirs, grads_before):
             torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
-            if a.grad is not None:
+            if g is None:
+                continue
+            if grad_scaler:
                 torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(a.grad, g)
+
+
+# ---- the ops' write_grads=False (folded clipping without GradScaler) ---------------------------------
+
+def _op_samples_with_grad_scale(device):
+    """(op, args, kwargs) for every optimizer op: each module's opcheck samples (every variant, master
+    weights included) with a grad_scale and no skip."""
+    import test_adagrad
+    import test_adam
+    import test_rmsprop
+    import test_sgd
+    for module, op in [(test_sgd, torch.ops.fusedopt.sgd_), (test_adam, torch.ops.fusedopt.adam_),
+                       (test_rmsprop, torch.ops.fusedopt.rmsprop_), (test_adagrad, torch.ops.fusedopt.adagrad_)]:
+        for args, kwargs in module._opcheck_samples(device):
+            kwargs = dict(kwargs, grad_scale=torch.tensor(2.5, device=device), found_inf=None)
+            yield op, args, kwargs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ops_without_write_grads_leave_the_grads(device):
+    """write_grads=False: the update is exactly that of write_grads=True (grads divided by grad_scale),
+    and the grads keep their bits."""
+    for op, args, kwargs in _op_samples_with_grad_scale(device):
+        masters = kwargs.get("master_params", [])  # adam_'s master weights: a keyword list it updates
+        runs = []
+        for write in (True, False):
+            lists = [[t.clone() for t in lst] for lst in args]
+            own_masters = [t.clone() for t in masters]
+            call_kwargs = dict(kwargs, write_grads=write)
+            if masters:
+                call_kwargs["master_params"] = own_masters
+            op(*lists, **call_kwargs)
+            runs.append(lists + [own_masters])
+        written, kept = runs
+        for k, (a, b, before) in enumerate(zip(written, kept, list(args) + [masters])):
+            for x, y, z in zip(a, b, before):
+                if k == 1:  # grads
+                    assert torch.equal(y, z), f"{op}: grads changed with write_grads=False"
+                    if z.numel():
+                        assert not torch.equal(x, z), f"{op}: grads not unscaled with write_grads=True"
+                else:
+                    torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True,
+                                               msg=lambda m: f"{op}: list {k} differs between write_grads=True and False: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_without_write_grads(device):
+    for op, args, kwargs in _op_samples_with_grad_scale(device):
+        torch.library.opcheck(op.default, args, dict(kwargs, write_grads=False))

@@ -13,7 +13,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
               double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
               bool maximize, bool decoupled_weight_decay, at::TensorList master_params,
               const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
-              const std::optional<at::Tensor>& found_inf) {
+              const std::optional<at::Tensor>& found_inf, bool write_grads) {
   check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
                     master_params, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
@@ -25,6 +25,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
   args.has_master = !master_params.empty();
   args.unscale_grads = grad_scale.has_value();
+  args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
   FUSEDOPT_CPU_KERNEL(adam_kernel)(make_lists_view<7>({params, grads, exp_avgs, exp_avg_sqs,
                                                        max_exp_avg_sqs, state_steps, master_params}),

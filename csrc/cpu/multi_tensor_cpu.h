@@ -133,6 +133,16 @@ inline void with_constant(bool b, const Fn& fn) {
   else fn(std::false_type{});
 }
 
+// Calls fn(unscale, store) with std::bool_constant arguments for an optimizer call's grad scaling:
+// grads are divided by grad_scale (unscale) and the divided grads written back (store, only with
+// unscale: folded clipping without GradScaler divides but leaves the grads as they were).
+template <typename Fn>
+inline void with_grad_scaling(bool unscale, bool write_grads, const Fn& fn) {
+  if (!unscale) fn(std::false_type{}, std::false_type{});
+  else if (write_grads) fn(std::true_type{}, std::true_type{});
+  else fn(std::true_type{}, std::false_type{});
+}
+
 // The pointers of tensor i's elements [begin, ...) in each of the K lists, typed as scalar_t.
 template <typename scalar_t, size_t K>
 inline std::array<scalar_t*, K> typed_slice(const TensorListsView<K>& view, size_t i, int64_t begin) {

@@ -19,7 +19,8 @@ void rmsprop_cpu(at::TensorList params, at::TensorList grads, at::TensorList squ
                  at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList state_steps,
                  double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
                  bool maximize, const std::optional<at::Tensor>& lr_tensor,
-                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                 bool write_grads) {
   check_rmsprop_inputs(params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, momentum,
                        centered, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
@@ -29,6 +30,7 @@ void rmsprop_cpu(at::TensorList params, at::TensorList grads, at::TensorList squ
   args.hyper = RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize};
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
   args.unscale_grads = grad_scale.has_value();
+  args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
   const at::TensorList none;
   FUSEDOPT_CPU_KERNEL(rmsprop_kernel)(
@@ -40,7 +42,8 @@ void rmsprop_cpu(at::TensorList params, at::TensorList grads, at::TensorList squ
 void adagrad_cpu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                  at::TensorList state_steps, double lr, double lr_decay, double weight_decay, double eps,
                  bool maximize, const std::optional<at::Tensor>& lr_tensor,
-                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                 bool write_grads) {
   check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
   if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;
@@ -49,6 +52,7 @@ void adagrad_cpu(at::TensorList params, at::TensorList grads, at::TensorList sta
   args.hyper = AdagradHyper{lr_decay, weight_decay, eps, maximize};
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
   args.unscale_grads = grad_scale.has_value();
+  args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
   FUSEDOPT_CPU_KERNEL(adagrad_kernel)(make_lists_view<4>({params, grads, state_sums, state_steps}), args);
 }

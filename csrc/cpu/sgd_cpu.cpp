@@ -10,7 +10,8 @@ namespace {
 void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
              double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
              bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
-             const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+             const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+             bool write_grads) {
   check_sgd_inputs(params, grads, momentum_buffers, momentum, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
   if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;  // GradScaler: skip step
@@ -18,6 +19,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   args.hyper = SgdHyper{weight_decay, momentum, dampening, nesterov, maximize, is_first_step};
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
   args.unscale_grads = grad_scale.has_value();
+  args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
   FUSEDOPT_CPU_KERNEL(sgd_kernel)(make_lists_view<3>({params, grads, momentum_buffers}), args);
 }

@@ -35,7 +35,7 @@ struct AdamOp {
   AdamHyper hyper;
   double lr;
   const float* lr_ptr;      // overrides lr when set
-  const float* grad_scale;  // when set, grads are divided by it and written back
+  const float* grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
   const float* found_inf;   // when set and nonzero, nothing happens
   unsigned read_mask;
   unsigned write_mask;
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kThreads)
     exp_avg_sq[j] = v;
     if (max_sq) max_sq[j] = mx;
     param[j] = static_cast<half_t>(w);
-    if (update.unscale) grad[j] = static_cast<half_t>(g);
+    if (op.write_mask & 0b10u) grad[j] = static_cast<half_t>(g);
   }
 }
 
@@ -105,7 +105,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                bool maximize, bool decoupled_weight_decay, at::TensorList master_params,
                const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
-               const std::optional<at::Tensor>& found_inf) {
+               const std::optional<at::Tensor>& found_inf, bool write_grads) {
   check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
                     master_params, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
@@ -122,7 +122,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
   op.found_inf = found_inf_ptr;
   op.read_mask = adam_read_mask(amsgrad);
-  op.write_mask = adam_write_mask(amsgrad, grad_scale.has_value());
+  op.write_mask = adam_write_mask(amsgrad, grad_scale.has_value() && write_grads);
   if (master_params.empty()) {
     launch_multi_tensor(make_lists_view<6>({params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
                                             state_steps}),

@@ -42,7 +42,7 @@ struct RmspropOp {
   RmspropHyper hyper;
   double lr;
   const float* lr_ptr;      // overrides lr when set
-  const float* grad_scale;  // when set, grads are divided by it and written back
+  const float* grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
   const float* found_inf;   // when set and nonzero, nothing happens
   unsigned read_mask;
   unsigned write_mask;
@@ -115,7 +115,7 @@ void rmsprop_cuda(at::TensorList params, at::TensorList grads, at::TensorList sq
                   double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
                   bool maximize, const std::optional<at::Tensor>& lr_tensor,
                   const std::optional<at::Tensor>& grad_scale,
-                  const std::optional<at::Tensor>& found_inf) {
+                  const std::optional<at::Tensor>& found_inf, bool write_grads) {
   check_rmsprop_inputs(params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, momentum,
                        centered, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
@@ -128,7 +128,7 @@ void rmsprop_cuda(at::TensorList params, at::TensorList grads, at::TensorList sq
   op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   op.read_mask = rmsprop_read_mask(momentum > 0, centered);
-  op.write_mask = rmsprop_write_mask(momentum > 0, centered, grad_scale.has_value());
+  op.write_mask = rmsprop_write_mask(momentum > 0, centered, grad_scale.has_value() && write_grads);
   const at::TensorList none;
   launch_multi_tensor(make_lists_view<5>({params, grads, square_avgs, momentum > 0 ? momentum_buffers : none,
                                           centered ? grad_avgs : none}),
@@ -139,7 +139,7 @@ void adagrad_cuda(at::TensorList params, at::TensorList grads, at::TensorList st
                   at::TensorList state_steps, double lr, double lr_decay, double weight_decay, double eps,
                   bool maximize, const std::optional<at::Tensor>& lr_tensor,
                   const std::optional<at::Tensor>& grad_scale,
-                  const std::optional<at::Tensor>& found_inf) {
+                  const std::optional<at::Tensor>& found_inf, bool write_grads) {
   check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
@@ -151,7 +151,7 @@ void adagrad_cuda(at::TensorList params, at::TensorList grads, at::TensorList st
   op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   op.read_mask = adagrad_read_mask();
-  op.write_mask = adagrad_write_mask(grad_scale.has_value());
+  op.write_mask = adagrad_write_mask(grad_scale.has_value() && write_grads);
   launch_multi_tensor(make_lists_view<4>({params, grads, state_sums, state_steps}), op);
 }
 

@@ -14,7 +14,7 @@ struct SgdOp {
   SgdHyper hyper;
   double lr;
   const float* lr_ptr;      // overrides lr when set
-  const float* grad_scale;  // when set, grads are divided by it and written back
+  const float* grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
   const float* found_inf;   // when set and nonzero, nothing happens
   unsigned read_mask;
   unsigned write_mask;
@@ -42,7 +42,8 @@ struct SgdOp {
 void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
               double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
               bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
-              const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+              const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+              bool write_grads) {
   check_sgd_inputs(params, grads, momentum_buffers, momentum, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
@@ -53,7 +54,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   op.read_mask = sgd_read_mask(op.hyper);
-  op.write_mask = sgd_write_mask(op.hyper, grad_scale.has_value());
+  op.write_mask = sgd_write_mask(op.hyper, grad_scale.has_value() && write_grads);
   launch_multi_tensor(make_lists_view<3>({params, grads, momentum_buffers}), op);
 }
 

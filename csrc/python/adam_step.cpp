@@ -12,14 +12,14 @@ void adam_group(const CollectedGroup& g, double lr, const std::optional<at::Tens
                 double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                 bool maximize, bool decoupled_weight_decay, bool master_weights,
                 const std::optional<at::Tensor>& grad_scale,
-                const std::optional<at::Tensor>& found_inf) {
+                const std::optional<at::Tensor>& found_inf, bool write_grads) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fusedopt::adam_", "")
           .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
                       at::TensorList, double, double, double, double, double, bool, bool, bool,
                       at::TensorList, const std::optional<at::Tensor>&,
-                      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
+                      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool)>();
   const std::vector<at::Tensor> none;
   const auto& states = g.states;
   const std::vector<at::Tensor>& max_sqs = amsgrad ? states.at(g.key_index("max_exp_avg_sq")) : none;
@@ -30,7 +30,7 @@ void adam_group(const CollectedGroup& g, double lr, const std::optional<at::Tens
   py::gil_scoped_release no_gil;
   op.call(g.params, g.grads, exp_avgs, exp_avg_sqs, max_sqs, steps, lr, beta1, beta2, eps,
           weight_decay, amsgrad, maximize, decoupled_weight_decay, masters, lr_tensor, grad_scale,
-          found_inf);
+          found_inf, write_grads);
 }
 
 }  // namespace
@@ -39,7 +39,7 @@ void add_adam_step(py::module& m) {
   m.def("adam_group", &adam_group, py::arg("group"), py::kw_only(), py::arg("lr"), py::arg("lr_tensor"),
         py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("amsgrad"),
         py::arg("maximize"), py::arg("decoupled_weight_decay"), py::arg("master_weights"),
-        py::arg("grad_scale"), py::arg("found_inf"),
+        py::arg("grad_scale"), py::arg("found_inf"), py::arg("write_grads") = true,
         "torch.ops.fusedopt.adam_ on a CollectedGroup (master_weights: its master_param state is "
         "passed as master_params).");
 }

@@ -13,13 +13,13 @@ using OptTensor = std::optional<at::Tensor>;
 // momentum > 0 and grad_avg when centered), through the dispatcher.
 void rmsprop_group(const CollectedGroup& g, double lr, const OptTensor& lr_tensor, double alpha, double eps,
                    double weight_decay, double momentum, bool centered, bool maximize,
-                   const OptTensor& grad_scale, const OptTensor& found_inf) {
+                   const OptTensor& grad_scale, const OptTensor& found_inf, bool write_grads) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fusedopt::rmsprop_", "")
           .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
                       at::TensorList, double, double, double, double, double, bool, bool,
-                      const OptTensor&, const OptTensor&, const OptTensor&)>();
+                      const OptTensor&, const OptTensor&, const OptTensor&, bool)>();
   const std::vector<at::Tensor> none;
   const auto& steps = g.states.at(g.key_index("step"));
   const auto& square_avgs = g.states.at(g.key_index("square_avg"));
@@ -27,23 +27,24 @@ void rmsprop_group(const CollectedGroup& g, double lr, const OptTensor& lr_tenso
   const auto& grad_avgs = centered ? g.states.at(g.key_index("grad_avg")) : none;
   py::gil_scoped_release no_gil;
   op.call(g.params, g.grads, square_avgs, bufs, grad_avgs, steps, lr, alpha, eps, weight_decay, momentum,
-          centered, maximize, lr_tensor, grad_scale, found_inf);
+          centered, maximize, lr_tensor, grad_scale, found_inf, write_grads);
 }
 
 // fusedopt::adagrad_ on a collected group (keys step, sum).
 void adagrad_group(const CollectedGroup& g, double lr, const OptTensor& lr_tensor, double lr_decay,
                    double weight_decay, double eps, bool maximize, const OptTensor& grad_scale,
-                   const OptTensor& found_inf) {
+                   const OptTensor& found_inf, bool write_grads) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fusedopt::adagrad_", "")
           .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double, double,
-                      double, double, bool, const OptTensor&, const OptTensor&, const OptTensor&)>();
+                      double, double, bool, const OptTensor&, const OptTensor&, const OptTensor&,
+                      bool)>();
   const auto& steps = g.states.at(g.key_index("step"));
   const auto& sums = g.states.at(g.key_index("sum"));
   py::gil_scoped_release no_gil;
   op.call(g.params, g.grads, sums, steps, lr, lr_decay, weight_decay, eps, maximize, lr_tensor, grad_scale,
-          found_inf);
+          found_inf, write_grads);
 }
 
 // Indices of the params whose collected state `key` (a step count) exists but is not a float32
@@ -71,10 +72,11 @@ void add_rmsprop_adagrad_step(py::module& m) {
   m.def("rmsprop_group", &rmsprop_group, py::arg("group"), py::kw_only(), py::arg("lr"),
         py::arg("lr_tensor"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
         py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_scale"),
-        py::arg("found_inf"), "torch.ops.fusedopt.rmsprop_ on a CollectedGroup.");
+        py::arg("found_inf"), py::arg("write_grads") = true,
+        "torch.ops.fusedopt.rmsprop_ on a CollectedGroup.");
   m.def("adagrad_group", &adagrad_group, py::arg("group"), py::kw_only(), py::arg("lr"),
         py::arg("lr_tensor"), py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"),
-        py::arg("maximize"), py::arg("grad_scale"), py::arg("found_inf"),
+        py::arg("maximize"), py::arg("grad_scale"), py::arg("found_inf"), py::arg("write_grads") = true,
         "torch.ops.fusedopt.adagrad_ on a CollectedGroup.");
   m.def("scalar_state_fixes", &scalar_state_fixes, py::arg("group"), py::arg("key"),
         "Indices whose per-param scalar state (e.g. 'step') must be moved to the param's device as a "

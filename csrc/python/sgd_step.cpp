@@ -10,19 +10,19 @@ namespace {
 void sgd_group(const CollectedGroup& g, double lr, const std::optional<at::Tensor>& lr_tensor,
                double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
                bool is_first_step, const std::optional<at::Tensor>& grad_scale,
-               const std::optional<at::Tensor>& found_inf) {
+               const std::optional<at::Tensor>& found_inf, bool write_grads) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fusedopt::sgd_", "")
                              .typed<void(at::TensorList, at::TensorList, at::TensorList, double, double,
                                          double, double, bool, bool, bool,
                                          const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&)>();
+                                         const std::optional<at::Tensor>&, bool)>();
   const std::vector<at::Tensor> none;
   const std::vector<at::Tensor>& bufs = momentum != 0 ? g.states.at(0) : none;
   py::gil_scoped_release no_gil;
   op.call(g.params, g.grads, bufs, lr, weight_decay, momentum, dampening, nesterov, maximize,
-          is_first_step, lr_tensor, grad_scale, found_inf);
+          is_first_step, lr_tensor, grad_scale, found_inf, write_grads);
 }
 
 }  // namespace
@@ -31,7 +31,7 @@ void add_sgd_step(py::module& m) {
   m.def("sgd_group", &sgd_group, py::arg("group"), py::kw_only(), py::arg("lr"), py::arg("lr_tensor"),
         py::arg("weight_decay"), py::arg("momentum"), py::arg("dampening"), py::arg("nesterov"),
         py::arg("maximize"), py::arg("is_first_step"), py::arg("grad_scale"), py::arg("found_inf"),
-        "torch.ops.fusedopt.sgd_ on a CollectedGroup.");
+        py::arg("write_grads") = true, "torch.ops.fusedopt.sgd_ on a CollectedGroup.");
 }
 
 }  // namespace fusedopt::python

@@ -6,19 +6,22 @@ void define_rmsprop_adagrad_ops(torch::Library& m) {
   // RMSprop as torch.optim.RMSprop: momentum_buffers are used (and required) when momentum > 0,
   // grad_avgs when centered; either list is otherwise empty. Each call adds 1 to every state_steps
   // entry (float32, one element, on its param's device). With grad_scale, grads are divided by it and
-  // written back; with found_inf != 0 nothing is written, step counts included.
+  // written back unless write_grads is false (folded clipping without GradScaler leaves the grads as
+  // they were); with found_inf != 0 nothing is written, step counts included.
   m.def(
       "rmsprop_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, "
       "Tensor(d!)[] momentum_buffers, Tensor(e!)[] grad_avgs, Tensor(f!)[] state_steps, *, float lr, "
       "float alpha, float eps, float weight_decay, float momentum, bool centered, bool maximize, "
-      "Tensor? lr_tensor=None, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "Tensor? lr_tensor=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "bool write_grads=True) -> ()");
   // Adagrad as torch.optim.Adagrad (dense grads): each call adds 1 to every state_steps entry and uses
-  // it for that param's clr = lr / (1 + (step - 1) * lr_decay). grad_scale/found_inf as in rmsprop_.
+  // it for that param's clr = lr / (1 + (step - 1) * lr_decay). grad_scale, found_inf and
+  // write_grads as in rmsprop_.
   m.def(
       "adagrad_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums, "
       "Tensor(d!)[] state_steps, *, float lr, float lr_decay, float weight_decay, float eps, "
       "bool maximize, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None) -> ()");
+      "Tensor? found_inf=None, bool write_grads=True) -> ()");
 }
 
 }  // namespace fusedopt::schemas

@@ -10,7 +10,7 @@ from torch import Tensor
 @torch.library.register_fake("fusedopt::adam_")
 def _adam_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
                beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, master_params,
-               lr_tensor=None, grad_scale=None, found_inf=None) -> None:
+               lr_tensor=None, grad_scale=None, found_inf=None, write_grads=True) -> None:
     return None
 
 
@@ -34,6 +34,7 @@ def adam_(
     lr_tensor: Tensor | None = None,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    write_grads: bool = True,
 ) -> None:
     """One fused Adam/AdamW step over lockstep lists (one device); increments each state_steps entry
     (1-element float32 tensors on the params' device) and uses it for bias correction. See
@@ -42,4 +43,5 @@ def adam_(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr, beta1=beta1,
         beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
         decoupled_weight_decay=decoupled_weight_decay, master_params=list(master_params or []),
-        lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf)
+        lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf,
+        write_grads=write_grads)

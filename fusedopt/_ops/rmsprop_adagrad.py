@@ -10,13 +10,13 @@ from torch import Tensor
 @torch.library.register_fake("fusedopt::rmsprop_")
 def _rmsprop_fake(params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, *, lr, alpha, eps,
                   weight_decay, momentum, centered, maximize, lr_tensor=None, grad_scale=None,
-                  found_inf=None) -> None:
+                  found_inf=None, write_grads=True) -> None:
     return None
 
 
 @torch.library.register_fake("fusedopt::adagrad_")
 def _adagrad_fake(params, grads, state_sums, state_steps, *, lr, lr_decay, weight_decay, eps, maximize,
-                  lr_tensor=None, grad_scale=None, found_inf=None) -> None:
+                  lr_tensor=None, grad_scale=None, found_inf=None, write_grads=True) -> None:
     return None
 
 
@@ -38,6 +38,7 @@ def rmsprop_(
     lr_tensor: Tensor | None = None,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    write_grads: bool = True,
 ) -> None:
     """One fused RMSprop step over lockstep lists (one device); adds 1 to each step count. See
     torch.optim.RMSprop for the math. momentum_buffers is empty unless momentum > 0, grad_avgs unless
@@ -45,7 +46,8 @@ def rmsprop_(
     torch.ops.fusedopt.rmsprop_(
         params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, lr=lr, alpha=alpha, eps=eps,
         weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize,
-        lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf)
+        lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf,
+        write_grads=write_grads)
 
 
 def adagrad_(
@@ -62,9 +64,11 @@ def adagrad_(
     lr_tensor: Tensor | None = None,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    write_grads: bool = True,
 ) -> None:
     """One fused Adagrad step over lockstep lists (one device); adds 1 to each step count and uses it
     for that param's decayed lr. See torch.optim.Adagrad for the math."""
     torch.ops.fusedopt.adagrad_(
         params, grads, state_sums, state_steps, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-        eps=eps, maximize=maximize, lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf)
+        eps=eps, maximize=maximize, lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf,
+        write_grads=write_grads)

@@ -56,15 +56,15 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
     - Returns ``{device: grad_scale_eff}`` for every device in ``collected``: a 1-element float32
       tensor on that device equal to ``(grad_scale or 1) / clip_coef``. The optimizer passes it as the
       kernel's ``grad_scale`` argument in place of GradScaler's (so the kernel runs its unscale path
-      even without GradScaler) and, as for GradScaler, writes the grads the kernel rewrote back into
-      any grads replaced by layout repairs (``_common.write_back_grads``). Afterwards the grads hold
-      the unscaled, clipped values, as after ``scaler.unscale_(opt); clip_grad_norm_(...)``.
+      even without GradScaler). Only with GradScaler does the kernel store the divided grads (and the
+      optimizer copy them into grads replaced by layout repairs, ``_common.write_back_grads``): they
+      then hold the unscaled, clipped values, as after ``scaler.unscale_(opt); clip_grad_norm_(...)``.
+      Without GradScaler the grads keep their values: the clipping is not written anywhere.
     - ``found_inf`` is not involved: a step GradScaler skips leaves the grads as they were (scaled),
       and the norm of such grads is inf/nan.
     - Returns {} (and sets ``last_grad_norm`` to ``tensor(0.)``) when no param has a grad.
     """
     from ..nn.utils.clip_grad import get_total_norm
-    grads = [g for entry in collected for g in entry[1].grads]
     # FSDP2: the kernels see local shards, but the norm is over the whole (DTensor) grads of every
     # rank; get_total_norm all-reduces it across their mesh.
     devices = list(dict.fromkeys(d for entry in collected for d in entry[1].devices))

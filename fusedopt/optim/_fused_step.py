@@ -15,7 +15,10 @@ class FusedStep:
     A step checks every param group before anything is modified (``_common.collect``; step counts by
     ``_step_state.check``), then per group: repairs layouts, creates missing state (``_prepare``) and
     calls ``_run`` once per device with the grad-scale divisor (GradScaler's scale, times the folded
-    clipping's 1/coefficient when ``max_grad_norm`` is set) and GradScaler's ``found_inf``.
+    clipping's 1/coefficient when ``max_grad_norm`` is set) and GradScaler's ``found_inf``. The kernels
+    store the divided grads only under GradScaler (unscaled, and clipped with ``max_grad_norm``, as
+    torch's ``unscale_``/``clip_grad_norm_``/fused step leave them); folded clipping alone leaves the
+    grads as they were, so the step reads them once more and writes them never.
     """
 
     _NAME: str  # "fusedopt.optim.<Class>", used in messages
@@ -37,7 +40,10 @@ class FusedStep:
         """Create the group's missing state; the return value is passed to _run."""
         return None
 
-    def _run(self, group: dict, part, prepared, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    def _run(self, group: dict, part, prepared, grad_scale: Tensor | None, found_inf: Tensor | None,
+             write_grads: bool) -> None:
+        """Launch the op on one device's part of the group. ``write_grads``: whether the kernel stores
+        the grads it divided by ``grad_scale`` (only GradScaler's unscaling is written back)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -69,6 +75,7 @@ class FusedStep:
 
         # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
         scales = _clipping.step_grad_scales(self, collected, grad_scale)
+        write_grads = grad_scale is not None
         moved: dict = {}
         for group, c, step_fixes in collected:
             replaced = _common.repair_layouts(c, self.state, self._state_dtype)
@@ -77,7 +84,8 @@ class FusedStep:
             for part in c.by_device():
                 device = part.device
                 scale = scales[device] if scales is not None else _common.on_device(grad_scale, device, moved)
-                self._run(group, part, prepared, scale, _common.on_device(found_inf, device, moved))
-            if grad_scale is not None or scales is not None:
+                inf = _common.on_device(found_inf, device, moved)
+                self._run(group, part, prepared, scale, inf, write_grads)
+            if write_grads:
                 _common.write_back_grads(c, replaced)
         return loss

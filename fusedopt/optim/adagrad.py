@@ -29,8 +29,10 @@ class Adagrad(FusedStep, torch.optim.Adagrad):
     ``max_grad_norm`` (keyword-only, default None: off) clips the gradients by their total
     ``grad_norm_type``-norm, as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm,
     grad_norm_type)`` right before the update would, folded into the step's kernels (see
-    ``fusedopt.optim._clipping``); with GradScaler the norm is that of the unscaled grads. The norm
-    is kept as a device tensor in ``last_grad_norm``; ``state_dict`` keeps torch's layout.
+    ``fusedopt.optim._clipping``): the clipped grads are used, not stored, so ``p.grad`` keeps its
+    values (with GradScaler the norm is that of the unscaled grads, and the grads are left unscaled
+    and clipped). The norm is kept as a device tensor in ``last_grad_norm``; ``state_dict`` keeps
+    torch's layout.
     """
 
     def __init__(
@@ -109,9 +111,11 @@ class Adagrad(FusedStep, torch.optim.Adagrad):
         _common.create_missing_state(
             c, self.state, "sum", lambda p: self._initial_sum(p, group["initial_accumulator_value"]))
 
-    def _run(self, group: dict, c, _prepared, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    def _run(self, group: dict, c, _prepared, grad_scale: Tensor | None, found_inf: Tensor | None,
+             write_grads: bool) -> None:
         lr, lr_tensor = _common.lr_args(group["lr"], c.device)
         _C.adagrad_group(
             c, lr=lr, lr_tensor=lr_tensor, lr_decay=float(group["lr_decay"]),
             weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
-            maximize=bool(group["maximize"]), grad_scale=grad_scale, found_inf=found_inf)
+            maximize=bool(group["maximize"]), grad_scale=grad_scale, found_inf=found_inf,
+            write_grads=write_grads)

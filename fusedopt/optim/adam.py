@@ -42,8 +42,10 @@ class Adam(FusedStep, torch.optim.Adam):
     ``max_grad_norm`` (keyword-only, default None: off) clips the gradients by their total
     ``grad_norm_type``-norm, as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm,
     grad_norm_type)`` right before the update would, folded into the step's kernels (see
-    ``fusedopt.optim._clipping``); with GradScaler the norm is that of the unscaled grads. The norm
-    is kept as a device tensor in ``last_grad_norm``; ``state_dict`` keeps torch's layout.
+    ``fusedopt.optim._clipping``): the clipped grads are used, not stored, so ``p.grad`` keeps its
+    values (with GradScaler the norm is that of the unscaled grads, and the grads are left unscaled
+    and clipped). The norm is kept as a device tensor in ``last_grad_norm``; ``state_dict`` keeps
+    torch's layout.
     """
 
     _NAME = "fusedopt.optim.Adam"
@@ -151,14 +153,14 @@ class Adam(FusedStep, torch.optim.Adam):
         return half
 
     def _run(self, group: dict, c, half: list[int] | None, grad_scale: Tensor | None,
-             found_inf: Tensor | None) -> None:
+             found_inf: Tensor | None, write_grads: bool) -> None:
         lr, lr_tensor = _common.lr_args(group["lr"], c.device)
         beta1, beta2 = group["betas"]
         hyper = dict(
             lr=lr, lr_tensor=lr_tensor, beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), amsgrad=group["amsgrad"],
             maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"],
-            grad_scale=grad_scale, found_inf=found_inf)
+            grad_scale=grad_scale, found_inf=found_inf, write_grads=write_grads)
         if half is None:
             _C.adam_group(c, master_weights=False, **hyper)
             return

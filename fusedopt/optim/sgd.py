@@ -25,8 +25,9 @@ class SGD(FusedStep, torch.optim.SGD):
 
     ``max_grad_norm`` (keyword-only, default None: off) clips the gradients by their total
     ``grad_norm_type``-norm as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm, grad_norm_type)``
-    right before the update, folded into the step's kernels (see ``fusedopt.optim._clipping``): with
-    GradScaler the norm is that of the unscaled grads, and the grads are left unscaled and clipped.
+    right before the update, folded into the step's kernels (see ``fusedopt.optim._clipping``): the
+    clipped grads are used, not stored, so ``p.grad`` keeps its values (with GradScaler the norm is
+    that of the unscaled grads, and the grads are left unscaled and clipped).
     The norm before clipping is kept as a device tensor in ``last_grad_norm``. These two options are
     attributes of the optimizer, not of its param groups, so ``state_dict`` keeps torch's layout.
     """
@@ -87,12 +88,13 @@ class SGD(FusedStep, torch.optim.SGD):
         # step() entirely; torch's fused path would leave the empty buffer uninitialised).
         return any(c.keys and c.missing("momentum_buffer") for _, c, _ in collected)
 
-    def _run(self, group: dict, c, _prepared, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    def _run(self, group: dict, c, _prepared, grad_scale: Tensor | None, found_inf: Tensor | None,
+             write_grads: bool) -> None:
         lr, lr_tensor = _common.lr_args(group["lr"], c.device)
         hyper = dict(
             lr=lr, lr_tensor=lr_tensor, weight_decay=float(group["weight_decay"]),
             momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
-            maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
+            maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf, write_grads=write_grads,
         )
         if group["momentum"] == 0:
             _C.sgd_group(c, is_first_step=False, **hyper)

@@ -6,9 +6,9 @@ namespace fusedopt::cpu::CPU_CAPABILITY {
 
 void adagrad_kernel(const TensorListsView<4>& lists, const AdagradCpuArgs& args) {
   const AdagradHyper& h = args.hyper;
-  with_constant(args.unscale_grads, [&](auto unscale) {
+  with_grad_scaling(args.unscale_grads, args.write_grads, [&](auto unscale, auto store) {
     constexpr unsigned kRead = adagrad_read_mask();
-    constexpr unsigned kWrite = adagrad_write_mask(unscale);
+    constexpr unsigned kWrite = adagrad_write_mask(store);
     for_each_segment_parallel(lists, [&](size_t i, int64_t begin, int64_t end) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lists.dtype[i], "fusedopt.adagrad_", [&] {
         using opmath_t = typename VecIO<scalar_t>::opmath_t;

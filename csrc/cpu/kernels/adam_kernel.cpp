@@ -7,7 +7,7 @@ namespace {
 
 // Master-weight path for n elements from `begin` of one tensor: params and grads are half_t, the
 // float32 master and states are updated in float32 and the param gets the master's rounded value.
-template <bool kUnscale, typename half_t>
+template <bool kUnscale, bool kStoreGrads, typename half_t>
 void adam_master_segment(const std::array<void*, 7>& ptrs, int64_t begin, int64_t n,
                          const AdamHyper& h, const AdamScalars<float>& s, float grad_scale) {
   using V = Vectorized<float>;
@@ -50,7 +50,7 @@ void adam_master_segment(const std::array<void*, 7>& ptrs, int64_t begin, int64_
     store(exp_avg_sq, v);
     if (max_sq) store(max_sq, mx);
     store_half(param, w);
-    if (kUnscale) store_half(grad, g);
+    if (kStoreGrads) store_half(grad, g);
   }
 }
 
@@ -60,9 +60,9 @@ void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
   const AdamHyper& h = args.hyper;
   // The masks (which lists are read and written) become template arguments.
   with_constant(h.amsgrad, [&](auto amsgrad) {
-    with_constant(args.unscale_grads, [&](auto unscale) {
+    with_grad_scaling(args.unscale_grads, args.write_grads, [&](auto unscale, auto store) {
       constexpr unsigned kRead = adam_read_mask(amsgrad);
-      constexpr unsigned kWrite = adam_write_mask(amsgrad, unscale);
+      constexpr unsigned kWrite = adam_write_mask(amsgrad, store);
       for_each_segment_parallel(lists, [&](size_t i, int64_t begin, int64_t end) {
         const auto& ptrs = lists.ptrs[i];
         // This tensor's step count (already incremented by the entry point).
@@ -70,9 +70,9 @@ void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
         if (args.has_master) {
           const auto s = adam_scalars<float>(h, args.lr, step);
           if (lists.dtype[i] == at::kHalf) {
-            adam_master_segment<decltype(unscale)::value, at::Half>(ptrs, begin, end - begin, h, s, float(args.grad_scale));
+            adam_master_segment<decltype(unscale)::value, decltype(store)::value, at::Half>(ptrs, begin, end - begin, h, s, float(args.grad_scale));
           } else {
-            adam_master_segment<decltype(unscale)::value, at::BFloat16>(ptrs, begin, end - begin, h, s, float(args.grad_scale));
+            adam_master_segment<decltype(unscale)::value, decltype(store)::value, at::BFloat16>(ptrs, begin, end - begin, h, s, float(args.grad_scale));
           }
           return;
         }

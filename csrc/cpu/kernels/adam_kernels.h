@@ -19,6 +19,7 @@ struct AdamCpuArgs {
   // When set, grads are divided by grad_scale and the unscaled values written back (as torch's fused
   // optimizers do, so GradScaler users see unscaled grads after step()).
   bool unscale_grads;
+  bool write_grads;  // store the divided grads (false: folded clipping without GradScaler)
   double grad_scale;
 };
 

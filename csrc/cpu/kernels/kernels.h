@@ -14,6 +14,7 @@ struct SgdCpuArgs {
   // When set, grads are divided by grad_scale and the unscaled values written back (torch's fused
   // optimizers do the same, so GradScaler users see unscaled grads after step()).
   bool unscale_grads;
+  bool write_grads;  // store the divided grads (false: folded clipping without GradScaler)
   double grad_scale;
 };
 

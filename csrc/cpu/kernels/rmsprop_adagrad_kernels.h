@@ -14,7 +14,8 @@ namespace fusedopt::cpu {
 struct RmspropCpuArgs {
   RmspropHyper hyper;
   double lr;
-  bool unscale_grads;  // grads divided by grad_scale and written back
+  bool unscale_grads;  // grads divided by grad_scale
+  bool write_grads;    // and the divided grads stored (false: folded clipping without GradScaler)
   double grad_scale;
 };
 
@@ -24,6 +25,7 @@ struct AdagradCpuArgs {
   AdagradHyper hyper;
   double lr;
   bool unscale_grads;
+  bool write_grads;
   double grad_scale;
 };
 

@@ -9,9 +9,9 @@ void rmsprop_kernel(const TensorListsView<5>& lists, const RmspropCpuArgs& args)
   // Which lists are read and written, and the shape of the rule, become template arguments.
   with_constant(h.momentum > 0, [&](auto has_momentum) {
     with_constant(h.centered, [&](auto centered) {
-      with_constant(args.unscale_grads, [&](auto unscale) {
+      with_grad_scaling(args.unscale_grads, args.write_grads, [&](auto unscale, auto store) {
         constexpr unsigned kRead = rmsprop_read_mask(has_momentum, centered);
-        constexpr unsigned kWrite = rmsprop_write_mask(has_momentum, centered, unscale);
+        constexpr unsigned kWrite = rmsprop_write_mask(has_momentum, centered, store);
         for_each_segment_parallel(lists, [&](size_t i, int64_t begin, int64_t end) {
           AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lists.dtype[i], "fusedopt.rmsprop_", [&] {
             using opmath_t = typename VecIO<scalar_t>::opmath_t;

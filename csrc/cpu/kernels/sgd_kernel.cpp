@@ -9,10 +9,10 @@ void sgd_kernel(const TensorListsView<3>& lists, const SgdCpuArgs& args) {
   // The masks (which lists are read and written) become template arguments.
   with_constant(h.momentum != 0, [&](auto has_buffer) {
     with_constant(h.first_step, [&](auto first_step) {
-      with_constant(args.unscale_grads, [&](auto unscale) {
+      with_grad_scaling(args.unscale_grads, args.write_grads, [&](auto unscale, auto store) {
         constexpr SgdHyper flags{0, has_buffer ? 1.0 : 0.0, 0, false, false, first_step};
         constexpr unsigned kRead = sgd_read_mask(flags);
-        constexpr unsigned kWrite = sgd_write_mask(flags, unscale);
+        constexpr unsigned kWrite = sgd_write_mask(flags, store);
         for_each_segment_parallel(lists, [&](size_t i, int64_t begin, int64_t end) {
           AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lists.dtype[i], "fusedopt.sgd_", [&] {
             using opmath_t = typename VecIO<scalar_t>::opmath_t;

@@ -66,8 +66,8 @@ FUSEDOPT_INLINE void adagrad_step(T& param, T& grad, T& state_sum,
 // Lists of an adagrad_ call: bit 0 params, 1 grads, 2 state_sums, 3 state_steps (never walked
 // elementwise: one float32 count per tensor, read once per tensor to compute clr).
 FUSEDOPT_INLINE constexpr unsigned adagrad_read_mask() { return 0b0111u; }
-FUSEDOPT_INLINE constexpr unsigned adagrad_write_mask(bool unscale) {
-  return 0b0101u | (unscale ? 0b0010u : 0u);
+FUSEDOPT_INLINE constexpr unsigned adagrad_write_mask(bool store_grads) {
+  return 0b0101u | (store_grads ? 0b0010u : 0u);
 }
 
 }  // namespace fusedopt

@@ -103,8 +103,8 @@ constexpr int kAdamStepList = 5;
 FUSEDOPT_INLINE constexpr unsigned adam_read_mask(bool amsgrad) {
   return 0b01111u | (amsgrad ? 0b10000u : 0u);
 }
-FUSEDOPT_INLINE constexpr unsigned adam_write_mask(bool amsgrad, bool unscale) {
-  return 0b01101u | (unscale ? 0b00010u : 0u) | (amsgrad ? 0b10000u : 0u);
+FUSEDOPT_INLINE constexpr unsigned adam_write_mask(bool amsgrad, bool store_grads) {
+  return 0b01101u | (store_grads ? 0b00010u : 0u) | (amsgrad ? 0b10000u : 0u);
 }
 
 }  // namespace fusedopt

@@ -124,8 +124,8 @@ FUSEDOPT_INLINE void rmsprop_step(T& param, T& grad, T& square_avg, T& momentum_
 FUSEDOPT_INLINE constexpr unsigned rmsprop_read_mask(bool momentum, bool centered) {
   return 0b00111u | (momentum ? 0b01000u : 0u) | (centered ? 0b10000u : 0u);
 }
-FUSEDOPT_INLINE constexpr unsigned rmsprop_write_mask(bool momentum, bool centered, bool unscale) {
-  return 0b00101u | (unscale ? 0b00010u : 0u) | (momentum ? 0b01000u : 0u) | (centered ? 0b10000u : 0u);
+FUSEDOPT_INLINE constexpr unsigned rmsprop_write_mask(bool momentum, bool centered, bool store_grads) {
+  return 0b00101u | (store_grads ? 0b00010u : 0u) | (momentum ? 0b01000u : 0u) | (centered ? 0b10000u : 0u);
 }
 
 }  // namespace fusedopt

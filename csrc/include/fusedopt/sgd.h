@@ -55,8 +55,8 @@ FUSEDOPT_INLINE void sgd_step(T& param, T& grad, T& momentum_buf, const SgdHyper
 FUSEDOPT_INLINE constexpr unsigned sgd_read_mask(const SgdHyper& h) {
   return 0b011u | (h.momentum != 0 && !h.first_step ? 0b100u : 0u);
 }
-FUSEDOPT_INLINE constexpr unsigned sgd_write_mask(const SgdHyper& h, bool unscale) {
-  return 0b001u | (unscale ? 0b010u : 0u) | (h.momentum != 0 ? 0b100u : 0u);
+FUSEDOPT_INLINE constexpr unsigned sgd_write_mask(const SgdHyper& h, bool store_grads) {
+  return 0b001u | (store_grads ? 0b010u : 0u) | (h.momentum != 0 ? 0b100u : 0u);
 }
 
 }  // namespace fusedopt

@@ -52,6 +52,33 @@ def test_every_op_has_cpu_and_fake_kernels():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "Meta"), f"{op} has no fake impl"
 
 
+# Mutating ops that return nothing run below autograd through a kernel of their own rather than torch's
+# boxed autograd fallback (csrc/common/autograd_passthrough.cpp).
+PASSTHROUGH_OPS = ["fusedopt::sgd_", "fusedopt::adam_", "fusedopt::rmsprop_", "fusedopt::adagrad_",
+                   "fusedopt::clip_by_total_norm_"]
+
+
+def test_optimizer_ops_skip_the_autograd_fallback():
+    for op in PASSTHROUGH_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "Autograd"), op
+    # With grad mode on and params that require grad, the step is the one no_grad gives, and like
+    # torch's fused optimizers it leaves version counters alone.
+    results = []
+    for grad_mode in (True, False):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(5, generator=gen).requires_grad_() for _ in range(3)]
+        grads = [torch.randn(5, generator=gen) for _ in params]
+        bufs = [torch.randn(5, generator=gen) for _ in params]
+        with torch.set_grad_enabled(grad_mode):
+            torch.ops.fusedopt.sgd_(params, grads, bufs, lr=0.1, weight_decay=0.0, momentum=0.9,
+                                    dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
+        assert all(p._version == 0 for p in params)
+        assert all(p.grad_fn is None for p in params)
+        results.append([p.detach().clone() for p in params] + bufs)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_every_cpu_op_has_a_cuda_kernel_when_built_with_cuda():
     if not BUILD_INFO["with_cuda"]:
         pytest.skip("CPU-only build (make cuda-check runs this against the CUDA build)")

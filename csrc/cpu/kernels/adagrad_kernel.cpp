@@ -21,7 +21,7 @@ void adagrad_kernel(const TensorListsView<4>& lists, const AdagradCpuArgs& args)
         const std::array<scalar_t*, 3> arrays{all[0], all[1], all[2]};
         vectorized_map<kRead, kWrite>(arrays, end - begin, [&](V& param, V& grad, V& state_sum) {
           adagrad_step(param, grad, state_sum, coeffs, unscale, scale);
-        });
+        }, next_arrays(lists, i));
       });
     });
   });

@@ -89,7 +89,8 @@ void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
                                         [&](V& param, V& grad, V& exp_avg, V& exp_avg_sq, V& max_sq) {
                                           adam_step(param, grad, exp_avg, exp_avg_sq, max_sq, h, s,
                                                     unscale, scale);
-                                        });
+                                        },
+                                        next_arrays(lists, i));
         });
       });
     });

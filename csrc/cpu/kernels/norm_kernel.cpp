@@ -34,7 +34,7 @@ constexpr int kAccumulators = 4;  // independent register chains, for instructio
 // The accumulation of n elements of one array, in scalar_t's math type: kAccumulators vector chains,
 // merged lane by lane in a fixed order, then the tail element by element.
 template <NormKind K, typename scalar_t>
-auto accumulate_segment(const scalar_t* data, int64_t n, double p) {
+auto accumulate_segment(const scalar_t* data, int64_t n, double p, const void* next) {
   using IO = VecIO<scalar_t>;
   using opmath_t = typename IO::opmath_t;
   using V = Vectorized<opmath_t>;
@@ -47,6 +47,7 @@ auto accumulate_segment(const scalar_t* data, int64_t n, double p) {
   V regs[IO::kParts];
   for (; i + kStep * kAccumulators <= n; i += kStep * kAccumulators) {
     for (int a = 0; a < kAccumulators; ++a) {
+      prefetch_ahead(data, i + a * kStep, n, sizeof(scalar_t), next);
       IO::load(data + i + a * kStep, regs, kStep);
       for (int part = 0; part < IO::kParts; ++part) acc[a] = norm_accumulate<K>(acc[a], regs[part], pv);
     }
@@ -80,7 +81,8 @@ acc_t total_norm_impl(const TensorListsView<1>& view, double p) {
       if (stop > begin) {
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, view.dtype[t], "fusedopt.total_norm", [&] {
           const scalar_t* data = static_cast<const scalar_t*>(view.ptrs[t][0]) + (begin - view.offsets[t]);
-          acc = norm_combine<K>(acc, static_cast<acc_t>(accumulate_segment<K>(data, stop - begin, p)));
+          const void* next = t + 1 < view.size() ? view.ptrs[t + 1][0] : nullptr;
+          acc = norm_combine<K>(acc, static_cast<acc_t>(accumulate_segment<K>(data, stop - begin, p, next)));
         });
       }
       begin = stop;
@@ -127,7 +129,7 @@ void scale_kernel(const TensorListsView<1>& lists, double factor) {
       using V = Vectorized<opmath_t>;
       const V f(static_cast<opmath_t>(factor));
       vectorized_map<0b1u, 0b1u>(typed_slice<scalar_t>(lists, i, begin), end - begin,
-                                 [&](V& x) { x = x * f; });
+                                 [&](V& x) { x = x * f; }, next_arrays(lists, i));
     });
   });
 }

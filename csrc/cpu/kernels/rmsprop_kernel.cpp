@@ -23,7 +23,8 @@ void rmsprop_kernel(const TensorListsView<5>& lists, const RmspropCpuArgs& args)
                 [&](V& param, V& grad, V& square_avg, V& buf, V& grad_avg) {
                   rmsprop_step<decltype(has_momentum)::value, decltype(centered)::value>(param, grad, square_avg, buf, grad_avg, coeffs,
                                                        unscale, scale);
-                });
+                },
+                next_arrays(lists, i));
           });
         });
       });

@@ -22,7 +22,8 @@ void sgd_kernel(const TensorListsView<3>& lists, const SgdCpuArgs& args) {
             vectorized_map<kRead, kWrite>(typed_slice<scalar_t>(lists, i, begin), end - begin,
                                           [&](V& param, V& grad, V& buf) {
                                             sgd_step(param, grad, buf, h, lr, unscale, scale);
-                                          });
+                                          },
+                                          next_arrays(lists, i));
           });
         });
       });

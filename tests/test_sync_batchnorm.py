@@ -63,6 +63,17 @@ def _worker(rank, init_file, out_dir):
         results[name] = dict(outs=outs, grads=grads, running_mean=bn.running_mean, running_var=bn.running_var,
                              num_batches_tracked=bn.num_batches_tracked, grad_weight=bn.weight.grad,
                              grad_bias=bn.bias.grad)
+    # One value per channel in the global batch raises on every rank (each holds at most one value, so
+    # each reads the global count); one value on each of two ranks is a global batch of two.
+    errors = {}
+    for label, per_rank in GLOBAL_BATCH_CASES.items():
+        torch.manual_seed(rank)
+        try:
+            fnn.SyncBatchNorm(3)(torch.randn(per_rank[rank], 3))
+            errors[label] = None
+        except ValueError as e:
+            errors[label] = str(e)
+    results["errors"] = errors
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -72,6 +83,15 @@ def rank_results():
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
         return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+GLOBAL_BATCH_CASES = {"one value": [1, 0], "two values": [1, 1]}
+
+
+def test_a_global_batch_of_one_value_raises_on_every_rank(rank_results):
+    for r in rank_results:
+        assert "Expected more than 1 value per channel" in (r["errors"]["one value"] or "")
+        assert r["errors"]["two values"] is None
 
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12),

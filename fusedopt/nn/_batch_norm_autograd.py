@@ -24,13 +24,17 @@ def verify_batch_size(size: torch.Size) -> None:
 
 @torch.no_grad()
 def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor, var: Tensor,
-                         count: int, momentum: float) -> None:
+                         count: int | Tensor, momentum: float) -> None:
     """torch's running-statistics rule: an exponential average of the batch mean and the unbiased
-    batch variance (var * count / (count - 1))."""
+    batch variance (var * count / (count - 1)). `count` may be a 0-dim tensor on var's device
+    (SyncBatchNorm's global count, never read on the host)."""
     if running_mean is not None:
         running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
     if running_var is not None:
-        unbiased = var * (count / (count - 1)) if count > 1 else var
+        if isinstance(count, Tensor):
+            unbiased = var * torch.where(count > 1, count / (count - 1).clamp(min=1), torch.ones_like(count))
+        else:
+            unbiased = var * (count / (count - 1)) if count > 1 else var
         running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
 
@@ -87,10 +91,11 @@ class BatchNormEval(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None, None
 
 
-def merge_rank_stats(means: Tensor, vars: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, int]:
+def merge_rank_stats(means: Tensor, vars: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Combines per-rank (mean, biased var, count) rows into the statistics of all values, exactly as
     if one process had seen the whole batch: Chan's merge in closed form, in float64, with no sum of
-    squares (no cancellation). Ranks with no values count for nothing."""
+    squares (no cancellation). Ranks with no values count for nothing. The total count is returned as
+    a 0-dim float64 tensor on the rows' device (reading it would synchronise with the device)."""
     counts = counts.to(torch.float64).reshape(-1, 1)
     present = counts > 0
     means = torch.where(present, means.to(torch.float64), 0.0)
@@ -98,7 +103,7 @@ def merge_rank_stats(means: Tensor, vars: Tensor, counts: Tensor) -> tuple[Tenso
     total = counts.sum()
     mean = (counts * means).sum(0) / total
     m2 = (counts * vars).sum(0) + (counts * (means - mean) ** 2).sum(0)
-    return mean, m2 / total, int(total.item())
+    return mean, m2 / total, total
 
 
 class SyncBatchNormTrain(torch.autograd.Function):
@@ -120,7 +125,10 @@ class SyncBatchNormTrain(torch.autograd.Function):
         dist.all_gather(rows, row, group=process_group)
         table = torch.stack(rows)
         g_mean, g_var, count = merge_rank_stats(table[:, :C], table[:, C:2 * C], table[:, 2 * C])
-        if count == 1:
+        # The global count stays on the device (no host synchronisation per layer and step). It can be
+        # 1 only if every rank holds at most one value per channel, so only such ranks read it: all of
+        # them then raise together.
+        if local_count <= 1 and int(count.item()) == 1:
             raise ValueError("Expected more than 1 value per channel when training, got a global batch of "
                              "1 value per channel")
         pdtype = ops.param_dtype(input)
@@ -145,6 +153,8 @@ class SyncBatchNormTrain(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             sums = torch.cat([sum_dy, sum_dy_xmu])
             dist.all_reduce(sums, group=ctx.process_group)
+            # Divided by the global count on the device; the op then takes count 1 (no host read).
+            sums = sums / ctx.count.to(sums.dtype)
             grad_input = ops.batch_norm_backward_elemt(grad_out, input, weight, mean, var, sums[:C], sums[C:],
-                                                       ctx.count, ctx.eps)
+                                                       1, ctx.eps)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None

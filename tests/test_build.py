@@ -55,7 +55,7 @@ def test_every_op_has_cpu_and_fake_kernels():
 # Mutating ops that return nothing run below autograd through a kernel of their own rather than torch's
 # boxed autograd fallback (csrc/common/autograd_passthrough.cpp).
 PASSTHROUGH_OPS = ["fusedopt::sgd_", "fusedopt::adam_", "fusedopt::rmsprop_", "fusedopt::adagrad_",
-                   "fusedopt::clip_by_total_norm_"]
+                   "fusedopt::clip_by_total_norm_", "fusedopt::total_norm"]
 
 
 def test_optimizer_ops_skip_the_autograd_fallback():
@@ -77,6 +77,17 @@ def test_optimizer_ops_skip_the_autograd_fallback():
         results.append([p.detach().clone() for p in params] + bufs)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_total_norm_refuses_to_be_differentiated():
+    leaf = torch.randn(4, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"tensors\[1\] requires grad, but the norm is not differentiable"):
+        torch.ops.fusedopt.total_norm([torch.randn(3), leaf], 2.0)
+    other = torch.randn(3)
+    with torch.no_grad():
+        norm = torch.ops.fusedopt.total_norm([other, leaf], 2.0)
+    assert not norm.requires_grad
+    torch.testing.assert_close(norm, torch.linalg.vector_norm(torch.cat([other, leaf.detach()])))
 
 
 def test_every_cpu_op_has_a_cuda_kernel_when_built_with_cuda():

@@ -13,11 +13,13 @@
 #include <ATen/core/grad_mode.h>
 #include <torch/library.h>
 
+#include "common/op_signatures.h"
+
 namespace fusedopt {
 namespace {
 
-using OptTensor = const std::optional<at::Tensor>&;
 using at::TensorList;
+namespace sig = op_signatures;
 
 // BelowAutograd<kName, Signature>::run: the op named kName redispatched, unboxed, to the keys after
 // Autograd and ADInplaceOrView (a fallthrough for these ops), with the key set the dispatcher already
@@ -25,13 +27,13 @@ using at::TensorList;
 template <const char* kName, class Signature>
 struct BelowAutograd;
 
-template <const char* kName, class... Args>
-struct BelowAutograd<kName, void(Args...)> {
-  static void run(c10::DispatchKeySet keys, Args... args) {
+template <const char* kName, class Result, class... Args>
+struct BelowAutograd<kName, Result(Args...)> {
+  static Result run(c10::DispatchKeySet keys, Args... args) {
     static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow(kName, "").template typed<void(Args...)>();
+        c10::Dispatcher::singleton().findSchemaOrThrow(kName, "").template typed<Result(Args...)>();
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // for whatever the kernels call
-    op.redispatch(keys & c10::after_ADInplaceOrView_keyset, args...);
+    return op.redispatch(keys & c10::after_ADInplaceOrView_keyset, args...);
   }
 };
 
@@ -40,19 +42,7 @@ constexpr char kAdam[] = "fusedopt::adam_";
 constexpr char kRmsprop[] = "fusedopt::rmsprop_";
 constexpr char kAdagrad[] = "fusedopt::adagrad_";
 constexpr char kClip[] = "fusedopt::clip_by_total_norm_";
-
-// The schemas' C++ signatures (csrc/schemas/).
-using SgdSignature = void(TensorList, TensorList, TensorList, double, double, double, double, bool, bool,
-                          bool, OptTensor, OptTensor, OptTensor, bool);
-using AdamSignature = void(TensorList, TensorList, TensorList, TensorList, TensorList, TensorList, double,
-                           double, double, double, double, bool, bool, bool, TensorList, OptTensor,
-                           OptTensor, OptTensor, bool);
-using RmspropSignature = void(TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
-                              double, double, double, double, double, bool, bool, OptTensor, OptTensor,
-                              OptTensor, bool);
-using AdagradSignature = void(TensorList, TensorList, TensorList, TensorList, double, double, double,
-                              double, bool, OptTensor, OptTensor, OptTensor, bool);
-using ClipSignature = void(TensorList, const at::Tensor&, double);
+constexpr char kTotalNorm[] = "fusedopt::total_norm";
 
 at::Tensor total_norm_below_autograd(c10::DispatchKeySet keys, TensorList tensors, double norm_type) {
   if (at::GradMode::is_enabled()) {
@@ -62,21 +52,17 @@ at::Tensor total_norm_below_autograd(c10::DispatchKeySet keys, TensorList tensor
                   "(as fusedopt.nn.utils.get_total_norm does) or use torch.linalg.vector_norm");
     }
   }
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fusedopt::total_norm", "")
-                             .typed<at::Tensor(TensorList, double)>();
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.redispatch(keys & c10::after_ADInplaceOrView_keyset, tensors, norm_type);
+  return BelowAutograd<kTotalNorm, sig::TotalNorm>::run(keys, tensors, norm_type);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedopt, Autograd, m) {
-  m.impl("sgd_", &BelowAutograd<kSgd, SgdSignature>::run);
-  m.impl("adam_", &BelowAutograd<kAdam, AdamSignature>::run);
-  m.impl("rmsprop_", &BelowAutograd<kRmsprop, RmspropSignature>::run);
-  m.impl("adagrad_", &BelowAutograd<kAdagrad, AdagradSignature>::run);
-  m.impl("clip_by_total_norm_", &BelowAutograd<kClip, ClipSignature>::run);
+  m.impl("sgd_", &BelowAutograd<kSgd, sig::Sgd>::run);
+  m.impl("adam_", &BelowAutograd<kAdam, sig::Adam>::run);
+  m.impl("rmsprop_", &BelowAutograd<kRmsprop, sig::Rmsprop>::run);
+  m.impl("adagrad_", &BelowAutograd<kAdagrad, sig::Adagrad>::run);
+  m.impl("clip_by_total_norm_", &BelowAutograd<kClip, sig::ClipByTotalNorm>::run);
   m.impl("total_norm", &total_norm_below_autograd);
 }
 

@@ -1,6 +1,7 @@
 // The launcher of fusedopt::adam_ on a CollectedGroup (see collected_group.h).
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "common/op_signatures.h"
 #include "python/collected_group.h"
 
 namespace fusedopt::python {
@@ -16,10 +17,7 @@ void adam_group(const CollectedGroup& g, double lr, const std::optional<at::Tens
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fusedopt::adam_", "")
-          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                      at::TensorList, double, double, double, double, double, bool, bool, bool,
-                      at::TensorList, const std::optional<at::Tensor>&,
-                      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool)>();
+          .typed<op_signatures::Adam>();
   const std::vector<at::Tensor> none;
   const auto& states = g.states;
   const std::vector<at::Tensor>& max_sqs = amsgrad ? states.at(g.key_index("max_exp_avg_sq")) : none;

@@ -2,6 +2,7 @@
 // and the check of collected step counts.
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "common/op_signatures.h"
 #include "python/collected_group.h"
 
 namespace fusedopt::python {
@@ -17,9 +18,7 @@ void rmsprop_group(const CollectedGroup& g, double lr, const OptTensor& lr_tenso
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fusedopt::rmsprop_", "")
-          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                      at::TensorList, double, double, double, double, double, bool, bool,
-                      const OptTensor&, const OptTensor&, const OptTensor&, bool)>();
+          .typed<op_signatures::Rmsprop>();
   const std::vector<at::Tensor> none;
   const auto& steps = g.states.at(g.key_index("step"));
   const auto& square_avgs = g.states.at(g.key_index("square_avg"));
@@ -37,9 +36,7 @@ void adagrad_group(const CollectedGroup& g, double lr, const OptTensor& lr_tenso
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fusedopt::adagrad_", "")
-          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double, double,
-                      double, double, bool, const OptTensor&, const OptTensor&, const OptTensor&,
-                      bool)>();
+          .typed<op_signatures::Adagrad>();
   const auto& steps = g.states.at(g.key_index("step"));
   const auto& sums = g.states.at(g.key_index("sum"));
   py::gil_scoped_release no_gil;

@@ -1,6 +1,7 @@
 // The launcher of fusedopt::sgd_ on a CollectedGroup (see collected_group.h).
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "common/op_signatures.h"
 #include "python/collected_group.h"
 
 namespace fusedopt::python {
@@ -13,11 +14,7 @@ void sgd_group(const CollectedGroup& g, double lr, const std::optional<at::Tenso
                const std::optional<at::Tensor>& found_inf, bool write_grads) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fusedopt::sgd_", "")
-                             .typed<void(at::TensorList, at::TensorList, at::TensorList, double, double,
-                                         double, double, bool, bool, bool,
-                                         const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&, bool)>();
+                             .typed<op_signatures::Sgd>();
   const std::vector<at::Tensor> none;
   const std::vector<at::Tensor>& bufs = momentum != 0 ? g.states.at(0) : none;
   py::gil_scoped_release no_gil;

@@ -81,8 +81,9 @@ acc_t total_norm_impl(const TensorListsView<1>& view, double p) {
       if (stop > begin) {
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, view.dtype[t], "fusedopt.total_norm", [&] {
           const scalar_t* data = static_cast<const scalar_t*>(view.ptrs[t][0]) + (begin - view.offsets[t]);
-          const void* next = t + 1 < view.size() ? view.ptrs[t + 1][0] : nullptr;
-          acc = norm_combine<K>(acc, static_cast<acc_t>(accumulate_segment<K>(data, stop - begin, p, next)));
+          void* const* next = next_arrays(view, t);
+          acc = norm_combine<K>(acc, static_cast<acc_t>(accumulate_segment<K>(data, stop - begin, p,
+                                                                              next ? next[0] : nullptr)));
         });
       }
       begin = stop;

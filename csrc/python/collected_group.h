@@ -35,6 +35,13 @@ struct CollectedGroup {
   // crashed the interpreter under torch 2.11 / Python 3.12.)
   std::optional<std::tuple<int64_t, std::string, std::vector<int64_t>, std::vector<int64_t>>> bad_state;
 
+  CollectedGroup() = default;
+  CollectedGroup(const CollectedGroup&) = default;
+  CollectedGroup(CollectedGroup&&) = default;
+  CollectedGroup& operator=(const CollectedGroup&) = default;
+  CollectedGroup& operator=(CollectedGroup&&) = default;
+  ~CollectedGroup() { release_tensors(); }
+
   int64_t size() const { return static_cast<int64_t>(params.size()); }
 
   size_t key_index(const std::string& key) const {
@@ -96,6 +103,28 @@ struct CollectedGroup {
   }
 
   std::vector<at::Tensor>& state_tensors(const std::string& key) { return states[key_index(key)]; }
+
+ private:
+  // Drops the references with the TensorImpls' refcounts prefetched for writing a few tensors ahead.
+  // A group is dropped at the end of step(), after the update has streamed every array through the
+  // caches; each release is an atomic decrement, which waits for its cache miss before the next
+  // starts, so a plain release of 10,000 tensors cost ~1.3 ms of misses in a row.
+  static void release(std::vector<at::Tensor>& tensors) {
+    constexpr size_t kAhead = 16;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      if (i + kAhead < tensors.size() && tensors[i + kAhead].defined()) {
+        __builtin_prefetch(tensors[i + kAhead].unsafeGetTensorImpl(), 1, 3);
+      }
+      tensors[i].reset();
+    }
+    tensors.clear();
+  }
+
+  void release_tensors() {
+    release(params);
+    release(grads);
+    for (auto& list : states) release(list);
+  }
 };
 
 // Registers each family's launchers on the module (definitions in csrc/python/<family>_step.cpp).

@@ -236,6 +236,80 @@ def test_clip_grad_norm_matches_torch(device, dtype, p, max_norm):
                 assert torch.equal(a.grad, b.grad.to(dtype))  # coefficient 1: untouched values
 
 
+def _clone_params(params):
+    out = []
+    for q in params:
+        c = torch.nn.Parameter(q.detach().clone())
+        if q.grad is not None:
+            c.grad = q.grad.clone()
+        out.append(c)
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mix", ["f32", "f64", "f32+f16+bf16", "all"])
+@pytest.mark.parametrize("p", NORM_TYPES + [-INF])
+def test_clip_grad_norm_plain_path_is_the_general_path(device, mix, p):
+    """clip_grad_norm_ runs plain params with dense grads on one device in C++ (_C.clip_grad_norm_plain,
+    no per-param Python). It calls the same ops on the same grads as the general path (taken here with
+    error_if_nonfinite=True, which reads the norm before clipping), so results agree to the bit."""
+    from fusedopt import _C
+    params = []
+    for k, dtype in enumerate(DTYPE_MIXES[mix]):
+        params += _params_with_grads(dtype, device, seed=20 + k, nonempty=p in (INF, -INF))
+    random.Random(mix).shuffle(params)
+    plain, general, direct = params, _clone_params(params), _clone_params(params)
+    assert _C.clip_grad_norm_plain(direct, 0.5, p) is not None  # the case the C++ path takes
+    n_plain = clip_grad_norm_(plain, 0.5, p)
+    n_general = clip_grad_norm_(general, 0.5, p, error_if_nonfinite=True)
+    assert n_plain.dtype == n_general.dtype and torch.equal(n_plain, n_general)
+    for a, b in zip(plain, general):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            assert torch.equal(a.grad, b.grad)
+
+
+def test_clip_grad_norm_plain_path_declines_what_it_cannot_take():
+    """_C.clip_grad_norm_plain returns None, modifying nothing, for lists the general path must take:
+    anything but plain leaf Tensors/Parameters, grads with gaps, off CPU/CUDA or on two devices, no
+    grads at all. clip_grad_norm_ then behaves as torch on them (a non-leaf warns as torch's does)."""
+    from fusedopt import _C
+
+    class MyParam(torch.nn.Parameter):
+        pass
+
+    def with_grad(p, g):
+        p.grad = g
+        return p
+
+    cases = {
+        "not a tensor": [with_grad(torch.nn.Parameter(torch.ones(3)), torch.ones(3)), 1.0],
+        "subclass": [with_grad(MyParam(torch.ones(3)), torch.ones(3))],
+        "non-leaf": [torch.ones(3, requires_grad=True) * 2],
+        "grad with gaps": [with_grad(torch.nn.Parameter(torch.ones(4, 2)), torch.ones(4, 4)[:, ::2])],
+        "meta grad": [with_grad(torch.nn.Parameter(torch.ones(3, device="meta")), torch.ones(3, device="meta"))],
+        "no grads": [torch.nn.Parameter(torch.ones(3))],
+    }
+    for what, params in cases.items():
+        with_grads = [q for q in params if isinstance(q, torch.Tensor) and q.is_leaf and q.grad is not None
+                      and q.device.type == "cpu"]
+        before = [q.grad.clone() for q in with_grads]
+        assert _C.clip_grad_norm_plain(params, 1e-3, 2.0) is None, what
+        assert all(torch.equal(q.grad, b) for q, b in zip(with_grads, before)), what
+    # The general path: torch's results and errors.
+    with pytest.raises(AttributeError):
+        clip_grad_norm_(cases["not a tensor"], 1.0)
+    q = cases["grad with gaps"][0]
+    ref = with_grad(torch.nn.Parameter(torch.ones(4, 2)), q.grad.clone())
+    torch.testing.assert_close(clip_grad_norm_([q], 1.0), torch.nn.utils.clip_grad_norm_([ref], 1.0))
+    torch.testing.assert_close(q.grad, ref.grad)
+    x = cases["non-leaf"][0]
+    with pytest.warns(UserWarning, match="not a leaf"):
+        torch.nn.utils.clip_grad_norm_([x], 1.0)
+    with pytest.warns(UserWarning, match="not a leaf"):
+        assert clip_grad_norm_([x], 1.0).item() == 0.0
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_clip_grads_with_norm_exact(dtype):
     """Given the same total norm, the coefficient is torch's to the bit, and so are the grads."""
@@ -470,6 +544,25 @@ def test_folded_clipping_every_optimizer(device, name, p, grad_scaler):
                 torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
             else:
                 assert torch.equal(a.grad, g)
+
+
+def test_folded_clipping_norm_over_groups_is_get_total_norm():
+    """With max_grad_norm the step takes the norm of every group's collected grads in one C++ call
+    (_C.collected_total_norm) when they are dense on one device, else through get_total_norm; either
+    way the norm is get_total_norm's of the grads in group order, to the bit."""
+    for gaps in (False, True):
+        groups = [_params_with_grads(torch.float32, "cpu", seed=31), _params_with_grads(torch.float16, "cpu", seed=32)]
+        if gaps:
+            groups[1][0].grad = torch.randn(groups[1][0].shape[::-1]).half().t()  # another memory order
+            bad = torch.nn.Parameter(torch.zeros(4, 3))
+            bad.grad = torch.randn(4, 6)[:, ::2]
+            groups[0].append(bad)
+        grads = [q.grad.clone() for group in groups for q in group if q.grad is not None]
+        expected = get_total_norm(grads, 3.0)
+        opt = fusedopt.optim.SGD([{"params": groups[0]}, {"params": groups[1], "lr": 0.1}], lr=0.01,
+                                 max_grad_norm=1.0, grad_norm_type=3.0)
+        opt.step()
+        assert torch.equal(opt.last_grad_norm, expected)
 
 
 # ---- the ops' write_grads=False (folded clipping without GradScaler) ---------------------------------

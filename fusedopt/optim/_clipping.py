@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import _C
+
 
 def init_folded_clipping(optimizer, max_grad_norm: float | None, grad_norm_type: float) -> None:
     """Checks and stores the ``max_grad_norm``/``grad_norm_type`` constructor arguments. They are
@@ -76,8 +78,11 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
     if not devices:
         optimizer.last_grad_norm = torch.tensor(0.0)
         return {}
-    grads = [g for entry in collected for g in entry[1].grads]
-    norm = get_total_norm(grads, norm_type)
+    norm = None
+    if len(devices) == 1 and norm_type != 0.0:  # one fused call on the grads collected, in C++
+        norm = _C.collected_total_norm([entry[1] for entry in collected], norm_type)
+    if norm is None:
+        norm = get_total_norm([g for entry in collected for g in entry[1].grads], norm_type)
     return _scales(optimizer, devices, norm, grad_scale, max_norm)
 
 

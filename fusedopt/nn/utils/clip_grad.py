@@ -254,10 +254,17 @@ def clip_grad_norm_(
         parameters = list(parameters)
         if is_generator and len(parameters) == 0:
             warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
+    norm_type, max_norm = float(norm_type), float(max_norm)
+    if not error_if_nonfinite and norm_type != 0.0 and not torch.compiler.is_compiling():
+        # The common case (plain tensors with dense grads on one device) in C++, with no per-param
+        # Python; None when the list is anything else.
+        total_norm = _C.clip_grad_norm_plain(parameters, max_norm, norm_type)
+        if total_norm is not None:
+            return total_norm
     grads = [p.grad for p in parameters if p.grad is not None]
     survey = _survey(grads, "tensors") if grads else None  # one pass serves both halves
-    total_norm = _total_norm(grads, float(norm_type), error_if_nonfinite, survey)
-    _clip_grads(grads, float(max_norm), total_norm, survey)
+    total_norm = _total_norm(grads, norm_type, error_if_nonfinite, survey)
+    _clip_grads(grads, max_norm, total_norm, survey)
     return total_norm
 
 

@@ -10,6 +10,7 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "common/large_outputs.h"
 #include "cpu/dispatch.h"
 #include "schemas/schemas.h"
 
@@ -66,6 +67,19 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_capability",
         [] { return std::string(fusedopt::cpu::capability_name(fusedopt::cpu::active_capability())); },
         "The CPU kernel variant in use (DEFAULT, AVX2 or AVX512).");
+  m.def("output_cache_stats", [] {
+    const fusedopt::OutputCacheStats s = fusedopt::output_cache_stats();
+    pybind11::dict d;
+    d["cached_bytes"] = s.cached_bytes;
+    d["cached_blocks"] = s.cached_blocks;
+    d["limit_bytes"] = s.limit_bytes;
+    d["reuses"] = s.reuses;
+    return d;
+  }, "The CPU output cache (csrc/common/large_outputs.h): freed blocks kept, limit, reuses so far.");
+  m.def("release_output_cache", &fusedopt::release_output_cache,
+        "Unmaps the CPU output cache's freed blocks; returns the bytes released.");
+  m.def("set_output_cache_limit", &fusedopt::set_output_cache_limit, pybind11::arg("bytes"),
+        "Sets the most bytes of freed blocks the CPU output cache keeps (0: none).");
   m.def("cuda_version", [] {
 #ifdef FUSEDOPT_WITH_CUDA
     return pybind11::object(pybind11::int_(fusedopt::cuda::compiled_cuda_version()));

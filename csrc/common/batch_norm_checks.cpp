@@ -1,4 +1,5 @@
 #include "common/batch_norm_checks.h"
+#include "common/large_outputs.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
@@ -51,9 +52,9 @@ BnLayout bn_layout(const at::Tensor& input, const char* op, const char* arg) {
 at::Tensor bn_empty_like(const BnLayout& layout) {
   const at::Tensor& x = layout.input;
   if (layout.channels_last && !x.is_contiguous()) {
-    return at::empty_like(x, x.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d);
+    return empty_large_output(x, x.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d);
   }
-  return at::empty_like(x, at::MemoryFormat::Contiguous);
+  return empty_large_output(x, at::MemoryFormat::Contiguous);
 }
 
 void check_bn_param(const at::Tensor& t, const BnLayout& layout, const char* op, const char* arg) {

@@ -1,4 +1,5 @@
 #include "common/dropout_checks.h"
+#include "common/large_outputs.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
@@ -87,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> run_dropout(const at::Tensor& input, double p
   check_dropout_inputs("dropout", input, p, group_size, seed, offset);
   const c10::DeviceGuard guard(input.device());
   const at::Tensor x = input.contiguous();
-  at::Tensor output = at::empty(input.sizes(), x.options());
+  at::Tensor output = empty_large_output(x, at::MemoryFormat::Contiguous);
   at::Tensor mask = at::empty({dropout_mask_bytes(x.numel(), group_size)}, x.options().dtype(at::kByte));
   dropout_into(x, output, mask, p, group_size, seed, offset, draw);
   return {output, mask};
@@ -114,7 +115,7 @@ at::Tensor run_dropout_backward(const at::Tensor& grad_output, const at::Tensor&
   check_dropout_backward_inputs(grad_output, mask, p, group_size);
   const c10::DeviceGuard guard(grad_output.device());
   const at::Tensor g = grad_output.contiguous();
-  at::Tensor grad_input = at::empty(grad_output.sizes(), g.options());
+  at::Tensor grad_input = empty_large_output(g, at::MemoryFormat::Contiguous);
   apply(g, grad_input, mask, group_size, p);
   return grad_input;
 }

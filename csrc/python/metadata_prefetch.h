@@ -41,12 +41,12 @@ inline c10::TensorImpl* tensor_impl_or_null(PyObject* obj) {
   return obj != nullptr && THPVariable_Check(obj) ? THPVariable_Unpack(obj).unsafeGetTensorImpl() : nullptr;
 }
 
-// The grad of a tensor object (Tensor.grad without its checks and warnings), null when it is not a
-// tensor or has no grad.
+// The grad of a tensor object (what Tensor.grad returns, without its non-leaf warning), null when it
+// is not a tensor or has no grad.
 inline const at::Tensor* grad_or_null(PyObject* obj) {
   auto* t = tensor_impl_or_null(obj);
   if (t == nullptr || t->autograd_meta() == nullptr) return nullptr;
-  const at::Tensor& g = static_cast<torch::autograd::AutogradMeta*>(t->autograd_meta())->grad_;
+  const at::Tensor& g = t->grad();
   return g.defined() ? &g : nullptr;
 }
 

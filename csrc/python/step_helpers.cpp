@@ -179,8 +179,14 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
     }
     const int64_t k = out.size();
     if (!g.is_non_overlapping_and_dense() || !same_memory_order(p, g)) out.grad_fixes.push_back(k);
+    // state[obj] as looked up ahead; looked up here when it was not (a param without state yet).
+    PyObject* entry = keys.empty() ? nullptr : ahead.entries[i - block_begin].ptr();
+    const bool looked_ahead = entry != nullptr;
+    if (!keys.empty() && !looked_ahead) entry = state_entry(state.ptr(), obj);
     for (size_t s = 0; s < keys.size(); ++s) {
-      PyObject* value = ahead.values[(i - block_begin) * keys.size() + s].ptr();  // state[obj][key]
+      PyObject* value = looked_ahead ? ahead.values[(i - block_begin) * keys.size() + s].ptr()
+                        : entry && PyDict_Check(entry) ? PyDict_GetItem(entry, key_objects[s].ptr())
+                                                       : nullptr;
       if (value == nullptr || !THPVariable_Check(value)) {
         out.states[s].emplace_back();
         continue;

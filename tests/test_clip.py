@@ -207,6 +207,17 @@ def _params_with_grads(dtype, device, seed, none_every=5, nonempty=False):
     return ps
 
 
+def _clone_params(params, dtype=None):
+    """Copies of params with copies of their grads, converted to dtype when given."""
+    out = []
+    for q in params:
+        c = torch.nn.Parameter(q.detach().to(dtype or q.dtype, copy=True))
+        if q.grad is not None:
+            c.grad = q.grad.to(dtype or q.grad.dtype, copy=True)
+        out.append(c)
+    return out
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("p", NORM_TYPES)
@@ -218,13 +229,7 @@ def test_clip_grad_norm_matches_torch(device, dtype, p, max_norm):
     if half:
         # torch's half path rounds the norm to the half type (and overflows float16 for p <= 1 here):
         # the reference is torch on float32 copies, the grads then rounded to the half type.
-        float_copies = []
-        for q in theirs:
-            f = torch.nn.Parameter(q.detach().float())
-            if q.grad is not None:
-                f.grad = q.grad.float()
-            float_copies.append(f)
-        theirs = float_copies
+        theirs = _clone_params(theirs, torch.float32)
     n_ours = clip_grad_norm_(ours, max_norm, p)
     n_theirs = torch.nn.utils.clip_grad_norm_(theirs, max_norm, p)
     torch.testing.assert_close(n_ours.double(), n_theirs.double(), **_norm_tol([dtype], p))
@@ -234,16 +239,6 @@ def test_clip_grad_norm_matches_torch(device, dtype, p, max_norm):
             assert_close(a.grad, b.grad.to(dtype), dtype)
             if max_norm == 1e30:
                 assert torch.equal(a.grad, b.grad.to(dtype))  # coefficient 1: untouched values
-
-
-def _clone_params(params):
-    out = []
-    for q in params:
-        c = torch.nn.Parameter(q.detach().clone())
-        if q.grad is not None:
-            c.grad = q.grad.clone()
-        out.append(c)
-    return out
 
 
 @pytest.mark.parametrize("device", DEVICES)

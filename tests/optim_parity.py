@@ -109,6 +109,17 @@ BAD_INPUT_ERRORS = {"sparse": RuntimeError, "complex": RuntimeError, "shape": Va
                     "step": (RuntimeError, ValueError)}
 
 
+def assert_op_rejects_before_writing(op, lists, kwargs, message):
+    """op(*lists, **kwargs) raises a RuntimeError matching message, and every tensor in lists (sparse
+    ones compared densely) keeps its values: the op checks everything before it writes anything."""
+    before = [[t.clone() for t in lst] for lst in lists]
+    with pytest.raises(RuntimeError, match=message):
+        op(*lists, **kwargs)
+    for lst, lst0 in zip(lists, before):
+        for t, t0 in zip(lst, lst0):
+            assert torch.equal(t.to_dense(), t0.to_dense())
+
+
 def check_bad_input_in_later_group_modifies_nothing(cls, bad, *, kwargs, state_keys=(), message=None):
     """One step of optimizer class `cls` (constructor kwargs `kwargs`) with bad input in its second param
     group raises before anything is modified: params, grads and state of every group compare equal to a

@@ -12,7 +12,7 @@ import torch
 
 import fusedopt
 from conftest import DEVICES, DTYPES, assert_close, make_tensor, param_zoo
-from optim_parity import (check_bad_input_in_later_group_modifies_nothing, check_grad_scaler_matches_torch,
+from optim_parity import (assert_op_rejects_before_writing, check_bad_input_in_later_group_modifies_nothing, check_grad_scaler_matches_torch,
                           check_op_unscales_and_skips, fresh_model, train)
 
 # Every valid combination of the options (torch: Nesterov needs momentum > 0 and no dampening).
@@ -372,11 +372,8 @@ def test_op_rejects_bad_input_before_writing(name, make, extra, message):
     params = [torch.full((5,), 2.0)] + params
     grads = [torch.ones(5)] + grads
     bufs = ([torch.ones(5)] + bufs) if bufs or name != "momentum_without_buffers" else bufs
-    before = [t.clone() for t in params + bufs]
-    with pytest.raises(RuntimeError, match=message):
-        torch.ops.fusedopt.sgd_(params, grads, bufs, **_op_kwargs(**extra))
-    for t, t0 in zip(params + bufs, before):
-        assert torch.equal(t, t0)
+    assert_op_rejects_before_writing(torch.ops.fusedopt.sgd_, [params, grads, bufs], _op_kwargs(**extra),
+                                     message)
 
 
 def test_strided_grads_are_accepted_by_the_optimizer():

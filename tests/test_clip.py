@@ -359,6 +359,38 @@ def test_bad_input_as_torch():
     assert clip_grad_norm_([p], 10.0, foreach=True).item() == clip_grad_norm_([p], 10.0, foreach=False).item()
 
 
+def test_shared_gradient_memory_is_rejected():
+    """A grad listed twice (or overlapping another) is an error of clip_by_total_norm_, raised before
+    any grad is written. torch's CPU clip_grad_norm_ scales such memory once per appearance (the
+    coefficient squared, shown here) and its CUDA foreach path races; the fused kernel scales a list in
+    parallel, so it refuses rather than race."""
+    p = torch.nn.Parameter(torch.zeros(1 << 16))
+    p.grad = torch.ones(1 << 16)
+    q = torch.nn.Parameter(torch.zeros(1 << 16))
+    q.grad = torch.ones(1 << 16)
+    n = torch.nn.utils.clip_grad_norm_([q, q], 1.0)
+    coef = 1.0 / (n.item() + 1e-6)
+    torch.testing.assert_close(q.grad, torch.full_like(q.grad, coef * coef))  # torch: scaled twice
+    for grads in ([p, p], "overlap"):
+        if grads == "overlap":
+            base = torch.ones(3000)
+            a, b = torch.nn.Parameter(torch.zeros(2000)), torch.nn.Parameter(torch.zeros(2000))
+            a.grad, b.grad = base[:2000], base[1000:]
+            grads = [a, b]
+        before = [g.grad.clone() for g in grads]
+        with pytest.raises(RuntimeError, match=r"tensors\[0\] and tensors\[1\] share memory"):
+            clip_grad_norm_(grads, 1e-3)
+        with pytest.raises(RuntimeError, match="share memory"):
+            clip_grad_norm_(grads, 1e-3, error_if_nonfinite=True)  # the general path: the same op
+        assert all(torch.equal(g.grad, b0) for g, b0 in zip(grads, before))
+    # Views of one buffer that do not overlap are fine.
+    base = torch.ones(4000)
+    a, b = torch.nn.Parameter(torch.zeros(2000)), torch.nn.Parameter(torch.zeros(2000))
+    a.grad, b.grad = base[:2000], base[2000:]
+    clip_grad_norm_([a, b], 1.0)
+    torch.testing.assert_close(base, torch.full_like(base, 1.0 / (4000 ** 0.5 + 1e-6)))
+
+
 def test_clip_grad_value():
     ours = _params_with_grads(torch.float32, "cpu", seed=2)
     theirs = _params_with_grads(torch.float32, "cpu", seed=2)

@@ -376,6 +376,22 @@ def test_op_rejects_bad_input_before_writing(name, make, extra, message):
                                      message)
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_a_param_twice_in_a_group_is_an_error(name):
+    """torch.optim warns that a param listed twice in a group will be an error, and steps it twice;
+    the fused kernels would update it twice at once, so fusedopt raises (constructor and
+    add_param_group), leaving the optimizer as it was."""
+    p, q = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        getattr(torch.optim, name)([p, q, p], lr=0.1)
+    with pytest.raises(ValueError, match="param 2 of the new param group appears earlier"):
+        getattr(fusedopt.optim, name)([p, q, p], lr=0.1)
+    opt = getattr(fusedopt.optim, name)([p], lr=0.1)
+    with pytest.raises(ValueError, match="param 1 of the new param group appears earlier"):
+        opt.add_param_group({"params": [q, q]})
+    assert len(opt.param_groups) == 1
+
+
 def test_strided_grads_are_accepted_by_the_optimizer():
     """A grad in another memory order than its param (e.g. assigned by hand) is handled correctly."""
     p = torch.randn(6, 5)

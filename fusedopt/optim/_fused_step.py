@@ -3,6 +3,8 @@ state keys it keeps, how it creates missing state, and the launch of its op (``_
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -22,6 +24,25 @@ class FusedStep:
     """
 
     _NAME: str  # "fusedopt.optim.<Class>", used in messages
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's add_param_group, except that a param listed twice in a group is an error (torch
+        warns that it will be one, and steps such a param twice in a row). The fused kernel updates
+        a group's params in parallel, so a duplicate would be updated twice at once."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="optimizer contains a parameter group with duplicate")
+            super().add_param_group(param_group)
+        params = self.param_groups[-1]["params"]
+        if len(set(params)) != len(params):
+            self.param_groups.pop()
+            seen: set = set()
+            for index, p in enumerate(params):
+                if p in seen:
+                    break
+                seen.add(p)
+            raise ValueError(f"{self._NAME}: param {index} of the new param group appears earlier in the "
+                             "same group; every parameter must appear once (torch.optim warns that this "
+                             "will be an error)")
 
     def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(state keys to collect, those of them that are per-param scalars such as 'step')."""

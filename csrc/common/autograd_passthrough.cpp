@@ -30,19 +30,11 @@ struct BelowAutograd;
 template <const char* kName, class Result, class... Args>
 struct BelowAutograd<kName, Result(Args...)> {
   static Result run(c10::DispatchKeySet keys, Args... args) {
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow(kName, "").template typed<Result(Args...)>();
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // for whatever the kernels call
-    return op.redispatch(keys & c10::after_ADInplaceOrView_keyset, args...);
+    return sig::typed_op<kName, Result(Args...)>().redispatch(keys & c10::after_ADInplaceOrView_keyset,
+                                                              args...);
   }
 };
-
-constexpr char kSgd[] = "fusedopt::sgd_";
-constexpr char kAdam[] = "fusedopt::adam_";
-constexpr char kRmsprop[] = "fusedopt::rmsprop_";
-constexpr char kAdagrad[] = "fusedopt::adagrad_";
-constexpr char kClip[] = "fusedopt::clip_by_total_norm_";
-constexpr char kTotalNorm[] = "fusedopt::total_norm";
 
 at::Tensor total_norm_below_autograd(c10::DispatchKeySet keys, TensorList tensors, double norm_type) {
   if (at::GradMode::is_enabled()) {
@@ -52,17 +44,17 @@ at::Tensor total_norm_below_autograd(c10::DispatchKeySet keys, TensorList tensor
                   "(as fusedopt.nn.utils.get_total_norm does) or use torch.linalg.vector_norm");
     }
   }
-  return BelowAutograd<kTotalNorm, sig::TotalNorm>::run(keys, tensors, norm_type);
+  return BelowAutograd<sig::kTotalNormName, sig::TotalNorm>::run(keys, tensors, norm_type);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedopt, Autograd, m) {
-  m.impl("sgd_", &BelowAutograd<kSgd, sig::Sgd>::run);
-  m.impl("adam_", &BelowAutograd<kAdam, sig::Adam>::run);
-  m.impl("rmsprop_", &BelowAutograd<kRmsprop, sig::Rmsprop>::run);
-  m.impl("adagrad_", &BelowAutograd<kAdagrad, sig::Adagrad>::run);
-  m.impl("clip_by_total_norm_", &BelowAutograd<kClip, sig::ClipByTotalNorm>::run);
+  m.impl("sgd_", &BelowAutograd<sig::kSgdName, sig::Sgd>::run);
+  m.impl("adam_", &BelowAutograd<sig::kAdamName, sig::Adam>::run);
+  m.impl("rmsprop_", &BelowAutograd<sig::kRmspropName, sig::Rmsprop>::run);
+  m.impl("adagrad_", &BelowAutograd<sig::kAdagradName, sig::Adagrad>::run);
+  m.impl("clip_by_total_norm_", &BelowAutograd<sig::kClipByTotalNormName, sig::ClipByTotalNorm>::run);
   m.impl("total_norm", &total_norm_below_autograd);
 }
 

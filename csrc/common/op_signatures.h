@@ -1,11 +1,13 @@
-// The C++ signatures of the optimizer and clipping op schemas (csrc/schemas/), for the code that calls
-// those ops unboxed through the dispatcher: the launchers in csrc/python/<family>_step.cpp and the
-// Autograd-key kernels in csrc/common/autograd_passthrough.cpp. A schema change is mirrored here once.
+// The names and C++ signatures of the optimizer and clipping op schemas (csrc/schemas/), for the code
+// that calls those ops unboxed through the dispatcher (typed_op): the launchers in
+// csrc/python/<family>_step.cpp and clip_helpers.cpp, and the Autograd-key kernels in
+// csrc/common/autograd_passthrough.cpp. A schema change is mirrored here once.
 #pragma once
 
 #include <optional>
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 namespace fusedopt::op_signatures {
 
@@ -23,5 +25,19 @@ using Adagrad = void(TensorList, TensorList, TensorList, TensorList, double, dou
                      OptTensor, OptTensor, OptTensor, bool);
 using ClipByTotalNorm = void(TensorList, const at::Tensor&, double);
 using TotalNorm = at::Tensor(TensorList, double);
+
+inline constexpr char kSgdName[] = "fusedopt::sgd_";
+inline constexpr char kAdamName[] = "fusedopt::adam_";
+inline constexpr char kRmspropName[] = "fusedopt::rmsprop_";
+inline constexpr char kAdagradName[] = "fusedopt::adagrad_";
+inline constexpr char kClipByTotalNormName[] = "fusedopt::clip_by_total_norm_";
+inline constexpr char kTotalNormName[] = "fusedopt::total_norm";
+
+// The op kName with C++ signature Signature, looked up in the dispatcher once.
+template <const char* kName, class Signature>
+const c10::TypedOperatorHandle<Signature>& typed_op() {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(kName, "").template typed<Signature>();
+  return op;
+}
 
 }  // namespace fusedopt::op_signatures

@@ -14,10 +14,7 @@ void adam_group(const CollectedGroup& g, double lr, const std::optional<at::Tens
                 bool maximize, bool decoupled_weight_decay, bool master_weights,
                 const std::optional<at::Tensor>& grad_scale,
                 const std::optional<at::Tensor>& found_inf, bool write_grads) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fusedopt::adam_", "")
-          .typed<op_signatures::Adam>();
+  const auto& op = op_signatures::typed_op<op_signatures::kAdamName, op_signatures::Adam>();
   const std::vector<at::Tensor> none;
   const auto& states = g.states;
   const std::vector<at::Tensor>& max_sqs = amsgrad ? states.at(g.key_index("max_exp_avg_sq")) : none;

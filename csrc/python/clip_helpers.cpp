@@ -85,12 +85,9 @@ std::optional<std::vector<at::Tensor>> plain_grads(const py::list& params) {
 // of the grads and their scaling, by the fused ops through the dispatcher, with no per-param Python.
 // Returns the total norm, or None when the list is not of that case or no param has a grad.
 py::object clip_grad_norm_plain(const py::list& params, double max_norm, double norm_type) {
-  static const auto norm_op = c10::Dispatcher::singleton()
-                                  .findSchemaOrThrow("fusedopt::total_norm", "")
-                                  .typed<op_signatures::TotalNorm>();
-  static const auto clip_op = c10::Dispatcher::singleton()
-                                  .findSchemaOrThrow("fusedopt::clip_by_total_norm_", "")
-                                  .typed<op_signatures::ClipByTotalNorm>();
+  using namespace op_signatures;
+  const auto& norm_op = typed_op<kTotalNormName, TotalNorm>();
+  const auto& clip_op = typed_op<kClipByTotalNormName, ClipByTotalNorm>();
   std::optional<std::vector<at::Tensor>> grads = plain_grads(params);
   if (!grads || grads->empty()) return py::none();
   at::Tensor total;
@@ -106,9 +103,7 @@ py::object clip_grad_norm_plain(const py::list& params, double max_norm, double 
 // all on one device and dense: one fused call on the grads the groups already hold. None otherwise
 // (the Python path then takes them, as get_total_norm would).
 py::object collected_total_norm(const std::vector<const CollectedGroup*>& groups, double norm_type) {
-  static const auto norm_op = c10::Dispatcher::singleton()
-                                  .findSchemaOrThrow("fusedopt::total_norm", "")
-                                  .typed<op_signatures::TotalNorm>();
+  const auto& norm_op = op_signatures::typed_op<op_signatures::kTotalNormName, op_signatures::TotalNorm>();
   std::optional<at::Device> device;
   size_t count = 0;
   for (const CollectedGroup* g : groups) {

@@ -15,10 +15,7 @@ using OptTensor = std::optional<at::Tensor>;
 void rmsprop_group(const CollectedGroup& g, double lr, const OptTensor& lr_tensor, double alpha, double eps,
                    double weight_decay, double momentum, bool centered, bool maximize,
                    const OptTensor& grad_scale, const OptTensor& found_inf, bool write_grads) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fusedopt::rmsprop_", "")
-          .typed<op_signatures::Rmsprop>();
+  const auto& op = op_signatures::typed_op<op_signatures::kRmspropName, op_signatures::Rmsprop>();
   const std::vector<at::Tensor> none;
   const auto& steps = g.states.at(g.key_index("step"));
   const auto& square_avgs = g.states.at(g.key_index("square_avg"));
@@ -33,10 +30,7 @@ void rmsprop_group(const CollectedGroup& g, double lr, const OptTensor& lr_tenso
 void adagrad_group(const CollectedGroup& g, double lr, const OptTensor& lr_tensor, double lr_decay,
                    double weight_decay, double eps, bool maximize, const OptTensor& grad_scale,
                    const OptTensor& found_inf, bool write_grads) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fusedopt::adagrad_", "")
-          .typed<op_signatures::Adagrad>();
+  const auto& op = op_signatures::typed_op<op_signatures::kAdagradName, op_signatures::Adagrad>();
   const auto& steps = g.states.at(g.key_index("step"));
   const auto& sums = g.states.at(g.key_index("sum"));
   py::gil_scoped_release no_gil;

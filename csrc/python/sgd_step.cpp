@@ -12,9 +12,7 @@ void sgd_group(const CollectedGroup& g, double lr, const std::optional<at::Tenso
                double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
                bool is_first_step, const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf, bool write_grads) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fusedopt::sgd_", "")
-                             .typed<op_signatures::Sgd>();
+  const auto& op = op_signatures::typed_op<op_signatures::kSgdName, op_signatures::Sgd>();
   const std::vector<at::Tensor> none;
   const std::vector<at::Tensor>& bufs = momentum != 0 ? g.states.at(0) : none;
   py::gil_scoped_release no_gil;

@@ -5,6 +5,8 @@
 // mark what they write with (x!) and return nothing; optimizer ops take lockstep tensor lists (one call
 // per param group and device) and hyperparameters as floats, with lr also accepted as a 1-element
 // device tensor (lr_tensor, which wins when given) so that CUDA-graph capture can replay a changing lr.
+// lr_tensor and found_inf are 1-element float32 tensors on the params' device; grad_scale too, or
+// float64 (fusedopt/grad_scale.h).
 #include <string>
 
 #include <pybind11/pybind11.h>

@@ -582,6 +582,8 @@ OP_ERRORS = [
     ("complex", lambda l: [l[k].__setitem__(1, torch.ones(3, dtype=torch.complex64)) for k in range(5)], {}, "complex"),
     ("lr_tensor_dtype", lambda l: None, dict(lr_tensor=torch.tensor(0.1, dtype=torch.float64)), "lr_tensor has dtype Double"),
     ("found_inf_numel", lambda l: None, dict(found_inf=torch.zeros(2)), "found_inf has 2 elements"),
+    ("grad_scale_dtype", lambda l: None, dict(grad_scale=torch.tensor(2.0, dtype=torch.float16)),
+     "grad_scale has dtype Half; expected float32 or float64"),
     ("master_dtype", lambda l: None, dict(master_params=[torch.ones(5), torch.ones(3)]), "expected float16 or bfloat16 params"),
 ]
 

@@ -431,9 +431,10 @@ def _sgd_pair(dtype, device, seed, nonempty=False):
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_sgd_folded_clipping(device, dtype, p, max_norm, momentum):
     """SGD(max_grad_norm=...) against clip_grad_norm_ + torch.optim.SGD. The clip coefficient reaches
-    the kernel folded into a float32 divisor, so float64 params/grads agree to float32 precision."""
+    the kernel folded into the grad-scale divisor, float64 for float64 grads: they agree to float64
+    rounding (a float32 divisor would be off by ~1e-8)."""
     ours, theirs = _sgd_pair(dtype, device, seed=4, nonempty=p == INF)
-    tol = TOL[torch.float32]
+    tol = TOL[dtype]
     opt = fusedopt.optim.SGD(ours, lr=0.1, momentum=momentum, max_grad_norm=max_norm, grad_norm_type=p)
     ref = torch.optim.SGD(theirs, lr=0.1, momentum=momentum)
     for step in range(3):
@@ -477,11 +478,10 @@ def test_sgd_folded_clipping_with_grad_scaler(dtype):
         s_theirs.update()
         tol = _norm_tol([dtype], 2.0) if dtype in (torch.float32, torch.float64) else TOL[dtype]
         torch.testing.assert_close(opt.last_grad_norm.double(), n.double(), **tol)
-        cmp_dtype = torch.float32 if dtype == torch.float64 else dtype  # float32 folded divisor
         for a, b in zip(ours, theirs):
-            assert_close(a, b, cmp_dtype)
+            assert_close(a, b, dtype)
             if a.grad is not None:
-                assert_close(a.grad, b.grad, cmp_dtype)
+                assert_close(a.grad, b.grad, dtype)
 
 
 def test_sgd_folded_clipping_skipped_step():
@@ -529,14 +529,17 @@ FOLDED_OPTIMIZERS = {
 @pytest.mark.parametrize("name", sorted(FOLDED_OPTIMIZERS))
 @pytest.mark.parametrize("p", [2.0, INF])
 @pytest.mark.parametrize("grad_scaler", [False, True])
-def test_folded_clipping_every_optimizer(device, name, p, grad_scaler):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_folded_clipping_every_optimizer(device, name, p, grad_scaler, dtype):
     """<Optimizer>(max_grad_norm=...) equals clip_grad_norm_ then torch's step, with GradScaler too
     (where the norm is that of the unscaled grads). The grads keep their values without GradScaler and
-    are left unscaled and clipped with it (as scaler.unscale_ + clip_grad_norm_ leave torch's)."""
+    are left unscaled and clipped with it (as scaler.unscale_ + clip_grad_norm_ leave torch's).
+    float64 to float64 rounding: the folded divisor is float64 then."""
     if grad_scaler and device != "cpu":
         pytest.skip("the CPU GradScaler is enough to check the folded unscale")
     make_ours, make_theirs = FOLDED_OPTIMIZERS[name]
-    ours, theirs = _sgd_pair(torch.float32, device, seed=11, nonempty=p == INF)
+    ours, theirs = _sgd_pair(dtype, device, seed=11, nonempty=p == INF)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-11, atol=1e-13)
     opt = make_ours(ours, max_grad_norm=0.4, grad_norm_type=p)
     ref = make_theirs(theirs)
     scale = 256.0 if grad_scaler else 1.0
@@ -562,13 +565,13 @@ def test_folded_clipping_every_optimizer(device, name, p, grad_scaler):
             opt.step()
             n = torch.nn.utils.clip_grad_norm_(theirs, 0.4, p)
             ref.step()
-        torch.testing.assert_close(opt.last_grad_norm, n, **_norm_tol([torch.float32], p))
+        torch.testing.assert_close(opt.last_grad_norm, n, **_norm_tol([dtype], p))
         for a, b, g in zip(ours, theirs, grads_before):
-            torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a.detach(), b.detach(), **tol)
             if g is None:
                 continue
             if grad_scaler:
-                torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(a.grad, b.grad, **tol)
             else:
                 assert torch.equal(a.grad, g)
 
@@ -633,6 +636,33 @@ def test_ops_without_write_grads_leave_the_grads(device):
                 else:
                     torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True,
                                                msg=lambda m: f"{op}: list {k} differs between write_grads=True and False: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ops_divide_by_a_float64_grad_scale(device, dtype):
+    """grad_scale may be float64 (folded clipping of float64 grads): the grads are divided by it in the
+    kernel's math type, float64 for float64 grads (a float32 divisor would differ), written back."""
+    scale = 1 / 0.3  # not a float32
+    p, g = make_tensor((37,), dtype, device), make_tensor((37,), dtype, device)
+    divided = g / torch.tensor(scale, dtype=torch.float64, device=device).to(dtype)
+    for call in (
+        lambda ps, gs, **kw: torch.ops.fusedopt.sgd_(
+            ps, gs, [], lr=0.1, weight_decay=0.01, momentum=0.0, dampening=0.0, nesterov=False,
+            maximize=False, is_first_step=False, **kw),
+        lambda ps, gs, **kw: torch.ops.fusedopt.adam_(
+            ps, gs, [torch.zeros_like(p)], [torch.zeros_like(p)], [],
+            [torch.zeros((), device=device)], lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8,
+            weight_decay=0.01, amsgrad=False, maximize=False, decoupled_weight_decay=True,
+            master_params=[], **kw),
+    ):
+        p1, g1, p2 = p.clone(), g.clone(), p.clone()
+        call([p1], [g1], grad_scale=torch.tensor([scale], dtype=torch.float64, device=device))
+        call([p2], [divided.clone()])
+        assert torch.equal(g1, divided)
+        assert torch.equal(p1, p2)
+    if dtype == torch.float64:  # and the float32 rounding of the scale would not give these bits
+        assert not torch.equal(divided, g / torch.tensor(scale, dtype=torch.float32, device=device).double())
 
 
 @pytest.mark.parametrize("device", DEVICES)

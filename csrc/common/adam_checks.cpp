@@ -61,7 +61,7 @@ void check_adam_inputs(at::TensorList params, at::TensorList grads, at::TensorLi
                 " but params[0] is on ", device, "; expected the step counts on the params' device");
   }
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
-  check_scalar_tensor(op, "grad_scale", grad_scale, device);
+  check_scalar_tensor(op, "grad_scale", grad_scale, device, /*allow_float64=*/true);
   check_scalar_tensor(op, "found_inf", found_inf, device);
 }
 

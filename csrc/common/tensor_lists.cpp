@@ -58,17 +58,25 @@ void check_tensor_lists(const char* op, std::initializer_list<NamedTensorList> l
 }
 
 void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,
-                         const at::Device& device) {
+                         const at::Device& device, bool allow_float64) {
   if (!t.has_value()) return;
   TORCH_CHECK(t->defined(), op, ": ", name, " is an undefined tensor");
   TORCH_CHECK(t->numel() == 1, op, ": ", name, " has ", t->numel(),
               " elements; expected a 1-element tensor");
-  TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " has dtype ", t->scalar_type(),
-              "; expected float32");
+  TORCH_CHECK(t->scalar_type() == at::kFloat || (allow_float64 && t->scalar_type() == at::kDouble), op,
+              ": ", name, " has dtype ", t->scalar_type(),
+              allow_float64 ? "; expected float32 or float64" : "; expected float32");
   TORCH_CHECK(t->device() == device, op, ": ", name, " is on ", t->device(),
               " but the tensors are on ", device, "; expected the same device");
 }
 
-double read_cpu_scalar(const at::Tensor& t) { return *t.const_data_ptr<float>(); }
+double read_cpu_scalar(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? *t.const_data_ptr<double>() : *t.const_data_ptr<float>();
+}
+
+GradScaleRef grad_scale_ref(const std::optional<at::Tensor>& grad_scale) {
+  if (!grad_scale.has_value()) return {};
+  return {grad_scale->const_data_ptr(), grad_scale->scalar_type() == at::kDouble};
+}
 
 }  // namespace fusedopt

@@ -11,6 +11,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
+#include "fusedopt/grad_scale.h"
+
 namespace fusedopt {
 
 // One tensor-list argument of an op, with the name its errors use.
@@ -34,12 +36,16 @@ bool same_memory_order(const at::Tensor& a, const at::Tensor& b);
 // dtype (float32, float64, float16, bfloat16). Raises c10::Error naming op, list and index otherwise.
 void check_tensor_lists(const char* op, std::initializer_list<NamedTensorList> lists);
 
-// Checks an optional 1-element float32 tensor argument (lr, grad_scale, found_inf) on `device`.
+// Checks an optional 1-element float32 tensor argument (lr, grad_scale, found_inf) on `device`;
+// float64 too with allow_float64 (grad_scale, see fusedopt/grad_scale.h).
 void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,
-                         const at::Device& device);
+                         const at::Device& device, bool allow_float64 = false);
 
 // Reads a checked 1-element CPU scalar tensor; for CPU kernels only.
 double read_cpu_scalar(const at::Tensor& t);
+
+// A checked grad_scale argument as the kernels read it (no division when absent).
+GradScaleRef grad_scale_ref(const std::optional<at::Tensor>& grad_scale);
 
 // The device of a call: that of lists[0][0] (lists may not be empty when this is called).
 inline at::Device device_of(at::TensorList params) { return params[0].device(); }

@@ -35,7 +35,7 @@ struct AdamOp {
   AdamHyper hyper;
   double lr;
   const float* lr_ptr;      // overrides lr when set
-  const float* grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
+  GradScaleRef grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
   const float* found_inf;   // when set and nonzero, nothing happens
   unsigned read_mask;
   unsigned write_mask;
@@ -60,7 +60,7 @@ struct AdamOp {
     const double step = *static_cast<const float*>(tensor_ptrs[kAdamStepList]);
     const double lr_value = lr_ptr ? double(*lr_ptr) : lr;
     return {hyper, adam_scalars<opmath_t>(hyper, lr_value, step),
-            grad_scale ? opmath_t(*grad_scale) : opmath_t(1), grad_scale != nullptr};
+            grad_scale.value<opmath_t>(), grad_scale.has_value()};
   }
 };
 
@@ -119,7 +119,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   op.hyper = AdamHyper{beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
   op.lr = lr;
   op.lr_ptr = lr_tensor.has_value() ? lr_tensor->const_data_ptr<float>() : nullptr;
-  op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
+  op.grad_scale = grad_scale_ref(grad_scale);
   op.found_inf = found_inf_ptr;
   op.read_mask = adam_read_mask(amsgrad);
   op.write_mask = adam_write_mask(amsgrad, grad_scale.has_value() && write_grads);

@@ -42,7 +42,7 @@ struct RmspropOp {
   RmspropHyper hyper;
   double lr;
   const float* lr_ptr;      // overrides lr when set
-  const float* grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
+  GradScaleRef grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
   const float* found_inf;   // when set and nonzero, nothing happens
   unsigned read_mask;
   unsigned write_mask;
@@ -73,7 +73,7 @@ struct RmspropOp {
   __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
     const double lr_value = lr_ptr ? double(*lr_ptr) : lr;
     return {RmspropCoeffs<opmath_t>::make(hyper, lr_value),
-            grad_scale ? opmath_t(*grad_scale) : opmath_t(1), grad_scale != nullptr, hyper.momentum > 0,
+            grad_scale.value<opmath_t>(), grad_scale.has_value(), hyper.momentum > 0,
             hyper.centered};
   }
 };
@@ -83,7 +83,7 @@ struct AdagradOp {
   AdagradHyper hyper;
   double lr;
   const float* lr_ptr;
-  const float* grad_scale;
+  GradScaleRef grad_scale;
   const float* found_inf;
   unsigned read_mask;
   unsigned write_mask;
@@ -106,7 +106,7 @@ struct AdagradOp {
     const double step = double(*static_cast<const float*>(tensor_ptrs[3]));  // already incremented
     const double lr_value = lr_ptr ? double(*lr_ptr) : lr;
     return {AdagradCoeffs<opmath_t>::make(hyper, adagrad_clr(lr_value, step, hyper.lr_decay)),
-            grad_scale ? opmath_t(*grad_scale) : opmath_t(1), grad_scale != nullptr};
+            grad_scale.value<opmath_t>(), grad_scale.has_value()};
   }
 };
 
@@ -125,7 +125,7 @@ void rmsprop_cuda(at::TensorList params, at::TensorList grads, at::TensorList sq
   op.hyper = RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize};
   op.lr = lr;
   op.lr_ptr = lr_tensor.has_value() ? lr_tensor->const_data_ptr<float>() : nullptr;
-  op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
+  op.grad_scale = grad_scale_ref(grad_scale);
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   op.read_mask = rmsprop_read_mask(momentum > 0, centered);
   op.write_mask = rmsprop_write_mask(momentum > 0, centered, grad_scale.has_value() && write_grads);
@@ -148,7 +148,7 @@ void adagrad_cuda(at::TensorList params, at::TensorList grads, at::TensorList st
   op.hyper = AdagradHyper{lr_decay, weight_decay, eps, maximize};
   op.lr = lr;
   op.lr_ptr = lr_tensor.has_value() ? lr_tensor->const_data_ptr<float>() : nullptr;
-  op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
+  op.grad_scale = grad_scale_ref(grad_scale);
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   op.read_mask = adagrad_read_mask();
   op.write_mask = adagrad_write_mask(grad_scale.has_value() && write_grads);

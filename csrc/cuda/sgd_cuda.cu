@@ -14,7 +14,7 @@ struct SgdOp {
   SgdHyper hyper;
   double lr;
   const float* lr_ptr;      // overrides lr when set
-  const float* grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
+  GradScaleRef grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
   const float* found_inf;   // when set and nonzero, nothing happens
   unsigned read_mask;
   unsigned write_mask;
@@ -35,7 +35,7 @@ struct SgdOp {
   template <typename opmath_t>
   __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
     return {hyper, lr_ptr ? opmath_t(*lr_ptr) : opmath_t(lr),
-            grad_scale ? opmath_t(*grad_scale) : opmath_t(1), grad_scale != nullptr};
+            grad_scale.value<opmath_t>(), grad_scale.has_value()};
   }
 };
 
@@ -51,7 +51,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   op.hyper = SgdHyper{weight_decay, momentum, dampening, nesterov, maximize, is_first_step};
   op.lr = lr;
   op.lr_ptr = lr_tensor.has_value() ? lr_tensor->const_data_ptr<float>() : nullptr;
-  op.grad_scale = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
+  op.grad_scale = grad_scale_ref(grad_scale);
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   op.read_mask = sgd_read_mask(op.hyper);
   op.write_mask = sgd_write_mask(op.hyper, grad_scale.has_value() && write_grads);

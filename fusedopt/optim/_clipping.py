@@ -55,8 +55,9 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
       ``optimizer.last_grad_norm`` (for logging; reading it synchronises).
     - ``clip_coef = clamp(max_norm / (norm + 1e-6), max=1)`` exactly as
       ``torch.nn.utils.clip_grads_with_norm_``.
-    - Returns ``{device: grad_scale_eff}`` for every device in ``collected``: a 1-element float32
-      tensor on that device equal to ``(grad_scale or 1) / clip_coef``. The optimizer passes it as the
+    - Returns ``{device: grad_scale_eff}`` for every device in ``collected``: a 1-element tensor on
+      that device equal to ``(grad_scale or 1) / clip_coef``, float64 when the norm is (some grad is
+      float64), else float32. The optimizer passes it as the
       kernel's ``grad_scale`` argument in place of GradScaler's (so the kernel runs its unscale path
       even without GradScaler). Only with GradScaler does the kernel store the divided grads (and the
       optimizer copy them into grads replaced by layout repairs, ``_common.write_back_grads``): they
@@ -92,10 +93,13 @@ def _scales(optimizer, devices: list[torch.device], norm: Tensor, grad_scale: Te
         norm = norm / grad_scale.to(norm.device, non_blocking=True)
     optimizer.last_grad_norm = norm
     clip_coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    # A float64 norm (some grad is float64) keeps a float64 divisor: torch scales float64 grads by a
+    # float64 coefficient (the kernels take grad_scale in float32 or float64, fusedopt/grad_scale.h).
+    divisor_dtype = torch.float64 if norm.dtype == torch.float64 else torch.float32
     out: dict[torch.device, Tensor] = {}
     for device in devices:
         coef = clip_coef.to(device, non_blocking=True)
         scale = (grad_scale.to(device, non_blocking=True) if grad_scale is not None
                  else torch.ones((), device=device))
-        out[device] = (scale / coef).to(torch.float32).reshape(1)
+        out[device] = (scale / coef).to(divisor_dtype).reshape(1)
     return out

@@ -28,10 +28,12 @@ DTYPES = list(TOL)
 HALF = (torch.float16, torch.bfloat16)
 
 # (N, C, *spatial): N=1 with spatial > 1, C=1, odd sizes, C over one and several SIMD widths (8/16 lanes
-# on AVX2), S == 1 (the rows walk for contiguous input).
+# on AVX2), S == 1 (the rows walk for contiguous input); for the CPU's contiguous statistics (blocks of
+# 1,024 values): many short planes grouped into several blocks, a plane of half a block and one of more.
 SHAPES = [
     (2, 3), (7, 1), (5, 19), (1, 4, 7), (3, 5, 9), (4, 1, 6), (2, 3, 4, 5), (1, 1, 3, 3), (4, 17, 5, 7),
     (3, 33, 2, 3), (2, 2, 1, 1), (2, 3, 2, 3, 4), (2, 20, 3, 1, 5), (1, 9, 2, 2, 2),
+    (300, 2, 5), (3, 2, 700), (2, 3, 1100),
 ]
 LAYOUTS = ["contiguous", "channels_last", "strided", "offset"]
 MODULES = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
@@ -284,7 +286,7 @@ def test_opcheck_train_ops():
 # Channel counts on both sides of the CPU's per-channel fusion threshold (4 channels per thread), odd
 # spatial sizes (vector tails), N = 1, empty batches, every layout and dtype.
 TRAIN_SHAPES = [(8, 64, 7, 9), (3, 40, 5), (1, 33, 3, 5), (5, 3, 4, 4), (2, 9, 3, 2, 5), (16, 17), (0, 12, 3, 3),
-                (4, 12, 1, 1)]
+                (4, 12, 1, 1), (260, 9, 5)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

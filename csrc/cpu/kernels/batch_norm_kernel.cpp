@@ -47,7 +47,15 @@ inline V load_channels(const typename V::value_type* a, int64_t j, int64_t C) {
   return n > 0 ? V::loadu(a + j, n) : V(0);
 }
 
-// Welford state of one run of values: (count, mean, m2), adds contiguous runs block by block.
+// t with its lanes at and past `valid` zeroed (the padding of a partial load).
+template <typename V>
+inline V first_lanes(const V& t, int64_t valid) {
+  if (valid >= V::size()) return t;
+  return valid > 0 ? V::set(V(0), t, valid) : V(0);
+}
+
+// Welford state of a channel's values, added block by block: each block's mean and m2 in two passes
+// over values still in L1, then Chan's merge.
 template <typename scalar_t>
 struct RunStats {
   using IO = VecIO<scalar_t>;
@@ -57,38 +65,44 @@ struct RunStats {
   opmath_t mean = 0, m2 = 0;
   int64_t count = 0;
 
-  void add_run(const scalar_t* p, int64_t len) {
+  // One block: `runs` runs of `len` values, run r at p + r * stride (runs * len <= kStatsBlock, so the
+  // second pass finds it in L1). Short runs (the 7x7 planes of a ResNet's last stage) are grouped
+  // into one block, so the reductions and the merge are paid per block, not per run; a run's last
+  // partial vector is masked, not walked one value at a time.
+  void add_block(const scalar_t* p, int64_t stride, int64_t len, int64_t runs) {
     constexpr int64_t kStep = IO::kStep;
+    const V vshift(shift);
     V v[IO::kParts];
-    for (int64_t b = 0; b < len; b += kStatsBlock) {
-      const int64_t n = std::min(kStatsBlock, len - b);
-      const scalar_t* q = p + b;
-      const int64_t full = n / kStep * kStep;
-      const V vshift(shift);
-      V acc(0);
-      for (int64_t i = 0; i < full; i += kStep) {
-        IO::load(q + i, v, kStep);
-        for (int k = 0; k < IO::kParts; ++k) acc = acc + (v[k] - vshift);
+    V acc(0);
+    for (int64_t r = 0; r < runs; ++r) {
+      const scalar_t* q = p + r * stride;
+      for (int64_t i = 0; i < len; i += kStep) {
+        const int64_t width = std::min(kStep, len - i);
+        IO::load(q + i, v, width);
+        for (int k = 0; k < IO::kParts; ++k) acc = acc + first_lanes(v[k] - vshift, width - k * V::size());
       }
-      opmath_t sum = hsum(acc);
-      for (int64_t i = full; i < n; ++i) sum += static_cast<opmath_t>(q[i]) - shift;
-      const opmath_t block_mean = sum / static_cast<opmath_t>(n);
-      const V vmean(block_mean);
-      V sq(0);
-      for (int64_t i = 0; i < full; i += kStep) {
-        IO::load(q + i, v, kStep);
+    }
+    const int64_t n = len * runs;
+    const opmath_t block_mean = hsum(acc) / static_cast<opmath_t>(n);
+    const V vmean(block_mean);
+    V sq(0);
+    for (int64_t r = 0; r < runs; ++r) {
+      const scalar_t* q = p + r * stride;
+      for (int64_t i = 0; i < len; i += kStep) {
+        const int64_t width = std::min(kStep, len - i);
+        IO::load(q + i, v, width);
         for (int k = 0; k < IO::kParts; ++k) {
-          const V d = (v[k] - vshift) - vmean;
+          const V d = first_lanes((v[k] - vshift) - vmean, width - k * V::size());
           sq = at::vec::fmadd(d, d, sq);
         }
       }
-      opmath_t block_m2 = hsum(sq);
-      for (int64_t i = full; i < n; ++i) {
-        const opmath_t d = (static_cast<opmath_t>(q[i]) - shift) - block_mean;
-        block_m2 += d * d;
-      }
-      chan_merge(mean, m2, count, block_mean, block_m2, n);
     }
+    chan_merge(mean, m2, count, block_mean, hsum(sq), n);
+  }
+
+  // A contiguous run of any length, in blocks of kStatsBlock values.
+  void add_run(const scalar_t* p, int64_t len) {
+    for (int64_t b = 0; b < len; b += kStatsBlock) add_block(p + b, 0, std::min(kStatsBlock, len - b), 1);
   }
 };
 
@@ -114,7 +128,12 @@ void channel_stats_nchw(const BnLayout& l, const scalar_t* x, int64_t c, typenam
   const int64_t N = l.N, C = l.C, S = l.S;
   RunStats<scalar_t> st;
   if (N > 0 && S > 0) st.shift = static_cast<opmath_t>(x[c * S]);
-  for (int64_t n = 0; n < N; ++n) st.add_run(x + (n * C + c) * S, S);
+  if (S >= kStatsBlock / 2) {
+    for (int64_t n = 0; n < N; ++n) st.add_run(x + (n * C + c) * S, S);
+  } else if (S > 0) {
+    const int64_t group = kStatsBlock / S;  // planes per block
+    for (int64_t n = 0; n < N; n += group) st.add_block(x + (n * C + c) * S, C * S, S, std::min(group, N - n));
+  }
   finish_stats(st.shift + st.mean, st.m2, st.count, mean, var);
 }
 
@@ -313,10 +332,14 @@ void channel_backward_reduce_nchw(const BnLayout& l, const scalar_t* dy, const s
       }
       if (++pending == kFlushEvery) flush();
     }
-    for (; i < S; ++i) {
-      const opmath_t d = static_cast<opmath_t>(pdy[i]);
-      total_dy += d;
-      total_dxm += d * (static_cast<opmath_t>(px[i]) - mean_c);
+    if (i < S) {  // the plane's last partial vector: dy loads as 0 in the padding, which adds nothing
+      IO::load(pdy + i, vdy, S - i);
+      IO::load(px + i, vx, S - i);
+      for (int p = 0; p < IO::kParts; ++p) {
+        acc_dy = acc_dy + vdy[p];
+        acc_dxm = at::vec::fmadd(vdy[p], first_lanes(vx[p] - m, S - i - p * V::size()), acc_dxm);
+      }
+      if (++pending == kFlushEvery) flush();
     }
   }
   flush();

@@ -283,6 +283,69 @@ def test_opcheck_train_ops():
         torch.library.opcheck(ops.batch_norm_train_backward.default, (dy, x, None, mean, var, 1e-5))
 
 
+# ---- the running-statistics update (fusedopt::batch_norm_update_running_stats_) ---------------------
+
+def _running_update_reference(running, batch, momentum, count, is_var):
+    """torch's rule in float64, rounded once to the buffer's dtype."""
+    b = batch.double()
+    if is_var and count > 1:
+        b = b * (count / (count - 1))
+    return (momentum * b + (1 - momentum) * running.double()).to(running.dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stat_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("buffer_dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("count", [0, 1, 2, 37])
+def test_update_running_stats(device, stat_dtype, buffer_dtype, count):
+    """Against the rule in float64, rounded once to the buffer's dtype: the op's math is float32 (float64
+    when the buffer or the statistics are float64). A strided buffer is updated through its stride;
+    either buffer may be absent."""
+    gen = torch.Generator().manual_seed(count)
+    C = 19
+    mean = torch.randn(C, generator=gen, dtype=torch.float64).to(stat_dtype).to(device)
+    var = (torch.rand(C, generator=gen, dtype=torch.float64) + 0.1).to(stat_dtype).to(device)
+    backing = torch.randn(2 * C, generator=gen, dtype=torch.float64).to(buffer_dtype).to(device)
+    rm = backing[::2]  # strided
+    rv = (torch.rand(C, generator=gen, dtype=torch.float64) + 0.5).to(buffer_dtype).to(device)
+    want_m = _running_update_reference(rm, mean, 0.1, count, False)
+    want_v = _running_update_reference(rv, var, 0.1, count, True)
+    odd = backing[1::2].clone()
+    torch.ops.fusedopt.batch_norm_update_running_stats_(rm, rv, mean, var, count, 0.1)
+    tol = TOL[buffer_dtype]  # float32 buffers: float32 math (or float64 with float64 statistics), one rounding
+    torch.testing.assert_close(rm, want_m, **tol)
+    torch.testing.assert_close(rv, want_v, **tol)
+    assert torch.equal(backing[1::2], odd)  # the gaps of the strided buffer
+    # Absent buffers: the other is still updated.
+    rv2 = rv.clone()
+    torch.ops.fusedopt.batch_norm_update_running_stats_(None, rv2, mean, var, count, 0.5)
+    torch.testing.assert_close(rv2, _running_update_reference(rv, var, 0.5, count, True), **tol)
+    torch.ops.fusedopt.batch_norm_update_running_stats_(None, None, mean, var, count, 0.5)
+
+
+def test_update_running_stats_opcheck_and_errors():
+    op = torch.ops.fusedopt.batch_norm_update_running_stats_
+    mean, var = torch.randn(5), torch.rand(5)
+    for rm, rv in [(torch.zeros(5), torch.ones(5)), (None, torch.ones(5, dtype=torch.bfloat16)),
+                   (torch.zeros(5, dtype=torch.float64), None)]:
+        torch.library.opcheck(op.default, (rm, rv, mean, var, 12, 0.1))
+    torch.library.opcheck(op.default, (torch.zeros(3), torch.ones(3), torch.randn(3).double(), torch.rand(3).double(), 4, 0.3))
+    rm, rv = torch.zeros(5), torch.ones(5)
+    bad = [
+        ((torch.zeros(4), rv, mean, var, 3, 0.1), "running_mean must be a dense 1-d tensor of 5 values"),
+        ((rm, torch.ones(5, dtype=torch.int64), mean, var, 3, 0.1), "running_var must be float32, float64"),
+        ((rm, rv, mean, var[:4], 3, 0.1), "var must be like mean"),
+        ((rm, rv, mean.half(), var.half(), 3, 0.1), "mean must be float32 or float64"),
+        ((rm, rv, mean, var, -1, 0.1), "count must be >= 0"),
+        ((rm, rm, mean, var, 3, 0.1), "must be different tensors"),
+    ]
+    for args, message in bad:
+        before = [a.clone() if isinstance(a, torch.Tensor) else a for a in args[:2]]
+        with pytest.raises(RuntimeError, match=message):
+            op(*args)
+        assert all(torch.equal(a, b) for a, b in zip(args[:2], before) if a is not None)
+
+
 # Channel counts on both sides of the CPU's per-channel fusion threshold (4 channels per thread), odd
 # spatial sizes (vector tails), N = 1, empty batches, every layout and dtype.
 TRAIN_SHAPES = [(8, 64, 7, 9), (3, 40, 5), (1, 33, 3, 5), (5, 3, 4, 4), (2, 9, 3, 2, 5), (16, 17), (0, 12, 3, 3),

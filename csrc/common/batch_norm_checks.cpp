@@ -186,4 +186,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_batch_norm_train_backward(
   return {grad_in, sum_dy, sum_dy_xmu};
 }
 
+void run_batch_norm_update_running_stats(const std::optional<at::Tensor>& running_mean,
+                                         const std::optional<at::Tensor>& running_var, const at::Tensor& mean,
+                                         const at::Tensor& var, int64_t count, double momentum,
+                                         BnRunningStatsLaunch launch) {
+  constexpr const char* op = "fusedopt::batch_norm_update_running_stats_";
+  for (const auto& [t, arg] : {std::pair<const at::Tensor&, const char*>{mean, "mean"}, {var, "var"}}) {
+    TORCH_CHECK(t.layout() == at::kStrided && t.dim() == 1, op, ": ", arg,
+                " must be a dense 1-d tensor (one value per channel), got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", arg,
+                " must be float32 or float64, got ", t.scalar_type());
+  }
+  const int64_t C = mean.size(0);
+  TORCH_CHECK(var.size(0) == C && var.scalar_type() == mean.scalar_type() && var.device() == mean.device(), op,
+              ": var must be like mean (", C, " values of ", mean.scalar_type(), " on ", mean.device(), "), got ",
+              var.sizes(), " of ", var.scalar_type(), " on ", var.device());
+  TORCH_CHECK(count >= 0, op, ": count must be >= 0, got ", count);
+  for (const auto& [t, arg] : {std::pair<const std::optional<at::Tensor>&, const char*>{running_mean, "running_mean"},
+                               {running_var, "running_var"}}) {
+    if (!t.has_value()) continue;
+    TORCH_CHECK(t->layout() == at::kStrided && t->dim() == 1 && t->size(0) == C, op, ": ", arg,
+                " must be a dense 1-d tensor of ", C, " values (one per channel), got ", t->sizes());
+    const auto dtype = t->scalar_type();
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+                ": ", arg, " must be float32, float64, float16 or bfloat16, got ", dtype);
+    TORCH_CHECK(t->device() == mean.device(), op, ": ", arg, " must be on mean's device ", mean.device(), ", got ",
+                t->device());
+  }
+  if (running_mean.has_value() && running_var.has_value()) {
+    TORCH_CHECK(!running_mean->is_same(*running_var) &&
+                    running_mean->data_ptr() != running_var->data_ptr(),
+                op, ": running_mean and running_var must be different tensors");
+  }
+  if (C == 0 || (!running_mean.has_value() && !running_var.has_value())) return;
+  const c10::DeviceGuard guard(mean.device());
+  at::Tensor rm = running_mean.has_value() ? *running_mean : at::Tensor();
+  at::Tensor rv = running_var.has_value() ? *running_var : at::Tensor();
+  launch(rm.defined() ? &rm : nullptr, rv.defined() ? &rv : nullptr, mean.contiguous(), var.contiguous(), count,
+         momentum);
+}
+
 }  // namespace fusedopt

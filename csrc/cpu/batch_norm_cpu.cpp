@@ -1,12 +1,15 @@
 // fusedopt::batch_norm_* on CPU: the shared entries (checks and outputs, common/batch_norm_checks.h)
 // with the per-variant kernels (csrc/cpu/kernels/batch_norm_kernel.cpp) as their launch.
 #include <tuple>
+#include <type_traits>
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include "common/batch_norm_checks.h"
 #include "cpu/kernels/batch_norm_kernels.h"
+#include "fusedopt/batch_norm.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -49,9 +52,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_backward_cpu(
                                        FUSEDOPT_CPU_KERNEL(batch_norm_train_backward_kernel));
 }
 
+// One buffer: running[c * stride] updated from batch[c] in acc_t (a loop over C values; nothing to
+// vectorise or parallelise).
+template <typename acc_t, typename scalar_t, typename stat_t>
+void update_running(scalar_t* running, int64_t stride, const stat_t* batch, int64_t C, int64_t count,
+                    double momentum, bool is_var) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t b = is_var ? bn_unbiased_var<acc_t>(static_cast<acc_t>(batch[c]), count) : static_cast<acc_t>(batch[c]);
+    running[c * stride] = static_cast<scalar_t>(
+        bn_running_update<acc_t>(static_cast<acc_t>(running[c * stride]), b, static_cast<acc_t>(momentum)));
+  }
+}
+
+void update_running_stats_launch(at::Tensor* running_mean, at::Tensor* running_var, const at::Tensor& mean,
+                                 const at::Tensor& var, int64_t count, double momentum) {
+  const int64_t C = mean.size(0);
+  for (auto [running, batch, is_var] : {std::tuple<at::Tensor*, const at::Tensor*, bool>{running_mean, &mean, false},
+                                        {running_var, &var, true}}) {
+    if (running == nullptr) continue;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running->scalar_type(),
+                                    "fusedopt.batch_norm_update_running_stats_", [&] {
+      scalar_t* r = running->data_ptr<scalar_t>();
+      const int64_t stride = running->stride(0);
+      if (batch->scalar_type() == at::kDouble) {
+        update_running<double>(r, stride, batch->const_data_ptr<double>(), C, count, momentum, is_var);
+      } else if (std::is_same_v<scalar_t, double>) {
+        update_running<double>(r, stride, batch->const_data_ptr<float>(), C, count, momentum, is_var);
+      } else {
+        update_running<float>(r, stride, batch->const_data_ptr<float>(), C, count, momentum, is_var);
+      }
+    });
+  }
+}
+
+void batch_norm_update_running_stats_cpu(const std::optional<at::Tensor>& running_mean,
+                                         const std::optional<at::Tensor>& running_var, const at::Tensor& mean,
+                                         const at::Tensor& var, int64_t count, double momentum) {
+  run_batch_norm_update_running_stats(running_mean, running_var, mean, var, count, momentum,
+                                      &update_running_stats_launch);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
+  m.impl("batch_norm_update_running_stats_", &batch_norm_update_running_stats_cpu);
   m.impl("batch_norm_train", &batch_norm_train_cpu);
   m.impl("batch_norm_train_backward", &batch_norm_train_backward_cpu);
   m.impl("batch_norm_stats", &batch_norm_stats_cpu);

@@ -25,6 +25,14 @@ void define_batch_norm_ops(torch::Library& m) {
   m.def(
       "batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, float eps) -> "
       "(Tensor out, Tensor mean, Tensor var)");
+  // torch's running-statistics update, in place, from a batch's mean and biased var over `count` values
+  // per channel: running = momentum * batch + (1 - momentum) * running, with the unbiased variance
+  // var * count / (count - 1) (var itself when count <= 1). Either buffer may be absent; buffers are
+  // 1-d of C values of any floating dtype on mean's device, updated in float32 (float64 when a buffer or
+  // the statistics are float64).
+  m.def(
+      "batch_norm_update_running_stats_(Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor mean, "
+      "Tensor var, int count, float momentum) -> ()");
   m.def(
       "batch_norm_train_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, Tensor var, "
       "float eps) -> (Tensor grad_input, Tensor sum_dy, Tensor sum_dy_xmu)");

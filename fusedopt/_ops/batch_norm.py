@@ -62,6 +62,18 @@ def _train_backward_fake(grad_output, input, weight, mean, var, eps):
     return _output_like(input), _per_channel(input), _per_channel(input)
 
 
+@torch.library.register_fake("fusedopt::batch_norm_update_running_stats_")
+def _update_running_stats_fake(running_mean, running_var, mean, var, count, momentum):
+    return None
+
+
+def batch_norm_update_running_stats_(running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor,
+                                     var: Tensor, count: int, momentum: float) -> None:
+    """torch's running-statistics update, in place: running = momentum * batch + (1 - momentum) *
+    running, with the batch's unbiased variance var * count / (count - 1)."""
+    torch.ops.fusedopt.batch_norm_update_running_stats_(running_mean, running_var, mean, var, count, momentum)
+
+
 def batch_norm_train(input: Tensor, weight: Tensor | None, bias: Tensor | None,
                      eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """(out, mean, var): batch_norm_stats then batch_norm_elemt, in one call."""

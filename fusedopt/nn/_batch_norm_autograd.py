@@ -27,14 +27,15 @@ def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None
                          count: int | Tensor, momentum: float) -> None:
     """torch's running-statistics rule: an exponential average of the batch mean and the unbiased
     batch variance (var * count / (count - 1)). `count` may be a 0-dim tensor on var's device
-    (SyncBatchNorm's global count, never read on the host)."""
+    (SyncBatchNorm's global count, never read on the host): then torch ops do it, else one op call
+    (a dozen microseconds less per layer and step than the torch ops)."""
+    if not isinstance(count, Tensor):
+        ops.batch_norm_update_running_stats_(running_mean, running_var, mean, var, count, momentum)
+        return
     if running_mean is not None:
         running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
     if running_var is not None:
-        if isinstance(count, Tensor):
-            unbiased = var * torch.where(count > 1, count / (count - 1).clamp(min=1), torch.ones_like(count))
-        else:
-            unbiased = var * (count / (count - 1)) if count > 1 else var
+        unbiased = var * torch.where(count > 1, count / (count - 1).clamp(min=1), torch.ones_like(count))
         running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
 

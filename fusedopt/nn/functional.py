@@ -10,6 +10,10 @@ from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from fusedopt._ops import dropout as _dropout_ops
+from fusedopt._ops.batch_norm import param_dtype
+
+from ._batch_norm_autograd import (BatchNormEval, BatchNormTrain, update_running_stats, values_per_channel,
+                                   verify_batch_size)
 
 __all__ = ["batch_norm", "dropout", "dropout1d", "dropout2d", "dropout3d"]
 
@@ -23,10 +27,6 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     """torch.nn.functional.batch_norm on fusedopt's fused kernels (one reduction pass and one
     elementwise pass forward, the same backward). Running statistics are updated in place when given
     and training."""
-    from ._batch_norm_autograd import (BatchNormEval, BatchNormTrain, update_running_stats, values_per_channel,
-                                       verify_batch_size)
-    from .._ops.batch_norm import param_dtype
-
     if input.dim() < 2:
         raise ValueError(f"batch_norm: expected input with at least 2 dimensions (N, C, ...), got {input.dim()}-d")
     if training:

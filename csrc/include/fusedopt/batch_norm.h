@@ -88,4 +88,17 @@ FUSEDOPT_INLINE T bn_backward(T dy, T x, T mean, T mean_dy, T xmu_coeff, T scale
   return (dy - MathOps<T>::fma(x - mean, xmu_coeff, mean_dy)) * scale;
 }
 
+// torch's running-statistics rule for one channel: running = momentum * batch + (1 - momentum) * running,
+// where batch is the batch mean, or the unbiased batch variance var * count / (count - 1) (the biased
+// variance itself when count <= 1).
+template <typename S>
+FUSEDOPT_INLINE S bn_running_update(S running, S batch, S momentum) {
+  return momentum * batch + (S(1) - momentum) * running;
+}
+
+template <typename S>
+FUSEDOPT_INLINE S bn_unbiased_var(S var, int64_t count) {
+  return count > 1 ? var * S(double(count) / double(count - 1)) : var;
+}
+
 }  // namespace fusedopt

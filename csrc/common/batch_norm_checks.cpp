@@ -220,10 +220,14 @@ void run_batch_norm_update_running_stats(const std::optional<at::Tensor>& runnin
   }
   if (C == 0 || (!running_mean.has_value() && !running_var.has_value())) return;
   const c10::DeviceGuard guard(mean.device());
-  at::Tensor rm = running_mean.has_value() ? *running_mean : at::Tensor();
-  at::Tensor rv = running_var.has_value() ? *running_var : at::Tensor();
-  launch(rm.defined() ? &rm : nullptr, rv.defined() ? &rv : nullptr, mean.contiguous(), var.contiguous(), count,
-         momentum);
+  if (running_mean.has_value()) {
+    at::Tensor running = *running_mean;
+    launch(running, mean.contiguous(), /*is_var=*/false, count, momentum);
+  }
+  if (running_var.has_value()) {
+    at::Tensor running = *running_var;
+    launch(running, var.contiguous(), /*is_var=*/true, count, momentum);
+  }
 }
 
 }  // namespace fusedopt

@@ -91,10 +91,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_batch_norm_train_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const at::Tensor& mean, const at::Tensor& var, double eps, BnTrainBackwardLaunch launch);
 
-// The running-statistics update (fusedopt::batch_norm_update_running_stats_): checks everything before
-// `launch` writes anything. Absent buffers are passed as nullptr.
-using BnRunningStatsLaunch = void (*)(at::Tensor* running_mean, at::Tensor* running_var, const at::Tensor& mean,
-                                      const at::Tensor& var, int64_t count, double momentum);
+// The running-statistics update (fusedopt::batch_norm_update_running_stats_): checks everything, then
+// calls `launch` once per present buffer with its batch statistic (contiguous mean or var; is_var: the
+// unbiased variance over `count` values enters the rule).
+using BnRunningStatsLaunch = void (*)(at::Tensor& running, const at::Tensor& batch, bool is_var, int64_t count,
+                                      double momentum);
 void run_batch_norm_update_running_stats(const std::optional<at::Tensor>& running_mean,
                                          const std::optional<at::Tensor>& running_var, const at::Tensor& mean,
                                          const at::Tensor& var, int64_t count, double momentum,

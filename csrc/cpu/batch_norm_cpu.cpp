@@ -64,25 +64,21 @@ void update_running(scalar_t* running, int64_t stride, const stat_t* batch, int6
   }
 }
 
-void update_running_stats_launch(at::Tensor* running_mean, at::Tensor* running_var, const at::Tensor& mean,
-                                 const at::Tensor& var, int64_t count, double momentum) {
-  const int64_t C = mean.size(0);
-  for (auto [running, batch, is_var] : {std::tuple<at::Tensor*, const at::Tensor*, bool>{running_mean, &mean, false},
-                                        {running_var, &var, true}}) {
-    if (running == nullptr) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running->scalar_type(),
-                                    "fusedopt.batch_norm_update_running_stats_", [&] {
-      scalar_t* r = running->data_ptr<scalar_t>();
-      const int64_t stride = running->stride(0);
-      if (batch->scalar_type() == at::kDouble) {
-        update_running<double>(r, stride, batch->const_data_ptr<double>(), C, count, momentum, is_var);
-      } else if (std::is_same_v<scalar_t, double>) {
-        update_running<double>(r, stride, batch->const_data_ptr<float>(), C, count, momentum, is_var);
-      } else {
-        update_running<float>(r, stride, batch->const_data_ptr<float>(), C, count, momentum, is_var);
-      }
-    });
-  }
+void update_running_stats_launch(at::Tensor& running, const at::Tensor& batch, bool is_var, int64_t count,
+                                 double momentum) {
+  const int64_t C = batch.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(),
+                                  "fusedopt.batch_norm_update_running_stats_", [&] {
+    scalar_t* r = running.data_ptr<scalar_t>();
+    const int64_t stride = running.stride(0);
+    if (batch.scalar_type() == at::kDouble) {
+      update_running<double>(r, stride, batch.const_data_ptr<double>(), C, count, momentum, is_var);
+    } else if (std::is_same_v<scalar_t, double>) {
+      update_running<double>(r, stride, batch.const_data_ptr<float>(), C, count, momentum, is_var);
+    } else {
+      update_running<float>(r, stride, batch.const_data_ptr<float>(), C, count, momentum, is_var);
+    }
+  });
 }
 
 void batch_norm_update_running_stats_cpu(const std::optional<at::Tensor>& running_mean,

@@ -16,7 +16,6 @@
 #include <torch/library.h>
 
 #include <limits>
-#include <tuple>
 #include <type_traits>
 
 #include "common/batch_norm_checks.h"
@@ -347,31 +346,27 @@ __global__ void update_running_kernel(scalar_t* running, int64_t stride, const s
       static_cast<scalar_t>(bn_running_update<acc_t>(static_cast<acc_t>(running[c * stride]), b, momentum));
 }
 
-void update_running_stats_launch(at::Tensor* running_mean, at::Tensor* running_var, const at::Tensor& mean,
-                                 const at::Tensor& var, int64_t count, double momentum) {
-  const int64_t C = mean.size(0);
+void update_running_stats_launch(at::Tensor& running, const at::Tensor& batch, bool is_var, int64_t count,
+                                 double momentum) {
+  const int64_t C = batch.size(0);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(ceil_div(C, kThreads)));
-  for (auto [running, batch, is_var] : {std::tuple<at::Tensor*, const at::Tensor*, bool>{running_mean, &mean, false},
-                                        {running_var, &var, true}}) {
-    if (running == nullptr) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running->scalar_type(),
-                                    "fusedopt.batch_norm_update_running_stats_", [&] {
-      scalar_t* r = running->data_ptr<scalar_t>();
-      const int64_t stride = running->stride(0);
-      if (batch->scalar_type() == at::kDouble) {
-        update_running_kernel<double><<<grid, kThreads, 0, stream>>>(r, stride, batch->const_data_ptr<double>(), C,
-                                                                     count, momentum, is_var);
-      } else if (std::is_same_v<scalar_t, double>) {
-        update_running_kernel<double><<<grid, kThreads, 0, stream>>>(r, stride, batch->const_data_ptr<float>(), C,
-                                                                     count, momentum, is_var);
-      } else {
-        update_running_kernel<float><<<grid, kThreads, 0, stream>>>(r, stride, batch->const_data_ptr<float>(), C,
-                                                                    count, static_cast<float>(momentum), is_var);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(),
+                                  "fusedopt.batch_norm_update_running_stats_", [&] {
+    scalar_t* r = running.data_ptr<scalar_t>();
+    const int64_t stride = running.stride(0);
+    if (batch.scalar_type() == at::kDouble) {
+      update_running_kernel<double><<<grid, kThreads, 0, stream>>>(r, stride, batch.const_data_ptr<double>(), C,
+                                                                   count, momentum, is_var);
+    } else if (std::is_same_v<scalar_t, double>) {
+      update_running_kernel<double><<<grid, kThreads, 0, stream>>>(r, stride, batch.const_data_ptr<float>(), C,
+                                                                   count, momentum, is_var);
+    } else {
+      update_running_kernel<float><<<grid, kThreads, 0, stream>>>(r, stride, batch.const_data_ptr<float>(), C,
+                                                                  count, static_cast<float>(momentum), is_var);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 void batch_norm_update_running_stats_cuda(const std::optional<at::Tensor>& running_mean,

@@ -71,32 +71,29 @@ struct RunStats {
   // partial vector is masked, not walked one value at a time.
   void add_block(const scalar_t* p, int64_t stride, int64_t len, int64_t runs) {
     constexpr int64_t kStep = IO::kStep;
-    const V vshift(shift);
-    V v[IO::kParts];
-    V acc(0);
-    for (int64_t r = 0; r < runs; ++r) {
-      const scalar_t* q = p + r * stride;
-      for (int64_t i = 0; i < len; i += kStep) {
-        const int64_t width = std::min(kStep, len - i);
-        IO::load(q + i, v, width);
-        for (int k = 0; k < IO::kParts; ++k) acc = acc + first_lanes(v[k] - vshift, width - k * V::size());
+    // fn(register, valid lanes) for every vector of the block, in memory order.
+    auto walk = [&](auto&& fn) {
+      V v[IO::kParts];
+      for (int64_t r = 0; r < runs; ++r) {
+        const scalar_t* q = p + r * stride;
+        for (int64_t i = 0; i < len; i += kStep) {
+          const int64_t width = std::min(kStep, len - i);
+          IO::load(q + i, v, width);
+          for (int k = 0; k < IO::kParts; ++k) fn(v[k], width - k * V::size());
+        }
       }
-    }
+    };
+    const V vshift(shift);
+    V acc(0);
+    walk([&](const V& x, int64_t valid) { acc = acc + first_lanes(x - vshift, valid); });
     const int64_t n = len * runs;
     const opmath_t block_mean = hsum(acc) / static_cast<opmath_t>(n);
     const V vmean(block_mean);
     V sq(0);
-    for (int64_t r = 0; r < runs; ++r) {
-      const scalar_t* q = p + r * stride;
-      for (int64_t i = 0; i < len; i += kStep) {
-        const int64_t width = std::min(kStep, len - i);
-        IO::load(q + i, v, width);
-        for (int k = 0; k < IO::kParts; ++k) {
-          const V d = first_lanes((v[k] - vshift) - vmean, width - k * V::size());
-          sq = at::vec::fmadd(d, d, sq);
-        }
-      }
-    }
+    walk([&](const V& x, int64_t valid) {
+      const V d = first_lanes((x - vshift) - vmean, valid);
+      sq = at::vec::fmadd(d, d, sq);
+    });
     chan_merge(mean, m2, count, block_mean, hsum(sq), n);
   }
 

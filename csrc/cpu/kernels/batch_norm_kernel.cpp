@@ -362,39 +362,37 @@ void backward_reduce(const BnLayout& l, const scalar_t* dy, const typename VecIO
   const int64_t rows = l.rows();
   const int64_t chunks = row_chunks(rows, C);
   std::vector<double> part_dy(chunks * C, 0), part_dxm(chunks * C, 0);
+  // Each block of kRowBlock rows is summed in opmath_t per channel, row after row in memory order (a
+  // walk down a column of a block would touch kRowBlock lines of one L1 set per vector when a row is
+  // a multiple of 4 KB), then added to the chunk's double partials.
+  const int64_t padded = (C + kStep - 1) / kStep * kStep;
   at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
     V vdy[IO::kParts], vx[IO::kParts];
+    std::vector<opmath_t> block_dy(padded), block_dxm(padded);
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r_begin = k * rows / chunks, r_end = (k + 1) * rows / chunks;
       double* pdy = part_dy.data() + k * C;
       double* pdxm = part_dxm.data() + k * C;
       for (int64_t rb = r_begin; rb < r_end; rb += kRowBlock) {
         const int64_t nr = std::min(kRowBlock, r_end - rb);
-        for (int64_t j = 0; j < C; j += kStep) {
-          const int64_t width = std::min(kStep, C - j);
-          V a_dy[IO::kParts], a_dxm[IO::kParts], m[IO::kParts];
-          for (int p = 0; p < IO::kParts; ++p) {
-            a_dy[p] = a_dxm[p] = V(0);
-            m[p] = load_channels<V>(mean, j + p * V::size(), C);
-          }
-          for (int64_t r = 0; r < nr; ++r) {
-            IO::load(dy + (rb + r) * C + j, vdy, width);
-            IO::load(x + (rb + r) * C + j, vx, width);
+        std::fill(block_dy.begin(), block_dy.end(), opmath_t(0));
+        std::fill(block_dxm.begin(), block_dxm.end(), opmath_t(0));
+        for (int64_t r = rb; r < rb + nr; ++r) {
+          for (int64_t j = 0; j < C; j += kStep) {
+            const int64_t width = std::min(kStep, C - j);
+            IO::load(dy + r * C + j, vdy, width);
+            IO::load(x + r * C + j, vx, width);
             for (int p = 0; p < IO::kParts; ++p) {
-              a_dy[p] = a_dy[p] + vdy[p];
-              a_dxm[p] = at::vec::fmadd(vdy[p], vx[p] - m[p], a_dxm[p]);
+              const int64_t jp = j + p * V::size();
+              const V m = load_channels<V>(mean, jp, C);
+              (V::loadu(block_dy.data() + jp) + vdy[p]).store(block_dy.data() + jp);
+              at::vec::fmadd(vdy[p], vx[p] - m, V::loadu(block_dxm.data() + jp)).store(block_dxm.data() + jp);
             }
           }
-          for (int p = 0; p < IO::kParts; ++p) {
-            __at_align__ opmath_t s1[V::size()], s2[V::size()];
-            a_dy[p].store(s1);
-            a_dxm[p].store(s2);
-            const int64_t jp = j + p * V::size();
-            for (int64_t q = 0; q < V::size() && jp + q < C; ++q) {
-              pdy[jp + q] += s1[q];
-              pdxm[jp + q] += s2[q];
-            }
-          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          pdy[c] += block_dy[c];
+          pdxm[c] += block_dxm[c];
         }
       }
     }

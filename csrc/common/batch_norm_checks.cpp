@@ -1,5 +1,6 @@
 #include "common/batch_norm_checks.h"
 #include "common/large_outputs.h"
+#include "common/tensor_lists.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
@@ -207,9 +208,8 @@ void run_batch_norm_update_running_stats(const std::optional<at::Tensor>& runnin
     if (!t.has_value()) continue;
     TORCH_CHECK(t->layout() == at::kStrided && t->dim() == 1 && t->size(0) == C, op, ": ", arg,
                 " must be a dense 1-d tensor of ", C, " values (one per channel), got ", t->sizes());
-    const auto dtype = t->scalar_type();
-    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
-                ": ", arg, " must be float32, float64, float16 or bfloat16, got ", dtype);
+    TORCH_CHECK(is_supported_dtype(t->scalar_type()), op, ": ", arg,
+                " must be float32, float64, float16 or bfloat16, got ", t->scalar_type());
     TORCH_CHECK(t->device() == mean.device(), op, ": ", arg, " must be on mean's device ", mean.device(), ", got ",
                 t->device());
   }

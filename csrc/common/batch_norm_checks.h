@@ -4,7 +4,9 @@
 
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 
 namespace fusedopt {
@@ -96,6 +98,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_batch_norm_train_backward(
 // unbiased variance over `count` values enters the rule).
 using BnRunningStatsLaunch = void (*)(at::Tensor& running, const at::Tensor& batch, bool is_var, int64_t count,
                                       double momentum);
+// Calls fn(TypeTag<acc_t>{}, TypeTag<scalar_t>{}, TypeTag<stat_t>{}) for a running buffer of dtype
+// `running` (scalar_t) updated from statistics of dtype `batch` (stat_t, float32 or float64): the rule
+// runs in acc_t, float64 when either is float64, else float32. The CPU and CUDA launches share it.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+template <typename Fn>
+void dispatch_running_update(at::ScalarType running, at::ScalarType batch, const Fn& fn) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running, "fusedopt.batch_norm_update_running_stats_", [&] {
+    if (batch == at::kDouble) {
+      fn(TypeTag<double>{}, TypeTag<scalar_t>{}, TypeTag<double>{});
+    } else if constexpr (std::is_same_v<scalar_t, double>) {
+      fn(TypeTag<double>{}, TypeTag<scalar_t>{}, TypeTag<float>{});
+    } else {
+      fn(TypeTag<float>{}, TypeTag<scalar_t>{}, TypeTag<float>{});
+    }
+  });
+}
 void run_batch_norm_update_running_stats(const std::optional<at::Tensor>& running_mean,
                                          const std::optional<at::Tensor>& running_var, const at::Tensor& mean,
                                          const at::Tensor& var, int64_t count, double momentum,

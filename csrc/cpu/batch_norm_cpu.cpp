@@ -1,10 +1,8 @@
 // fusedopt::batch_norm_* on CPU: the shared entries (checks and outputs, common/batch_norm_checks.h)
 // with the per-variant kernels (csrc/cpu/kernels/batch_norm_kernel.cpp) as their launch.
 #include <tuple>
-#include <type_traits>
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include "common/batch_norm_checks.h"
@@ -66,18 +64,12 @@ void update_running(scalar_t* running, int64_t stride, const stat_t* batch, int6
 
 void update_running_stats_launch(at::Tensor& running, const at::Tensor& batch, bool is_var, int64_t count,
                                  double momentum) {
-  const int64_t C = batch.size(0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(),
-                                  "fusedopt.batch_norm_update_running_stats_", [&] {
-    scalar_t* r = running.data_ptr<scalar_t>();
-    const int64_t stride = running.stride(0);
-    if (batch.scalar_type() == at::kDouble) {
-      update_running<double>(r, stride, batch.const_data_ptr<double>(), C, count, momentum, is_var);
-    } else if (std::is_same_v<scalar_t, double>) {
-      update_running<double>(r, stride, batch.const_data_ptr<float>(), C, count, momentum, is_var);
-    } else {
-      update_running<float>(r, stride, batch.const_data_ptr<float>(), C, count, momentum, is_var);
-    }
+  dispatch_running_update(running.scalar_type(), batch.scalar_type(), [&](auto acc, auto scalar, auto stat) {
+    using acc_t = typename decltype(acc)::type;
+    using scalar_t = typename decltype(scalar)::type;
+    using stat_t = typename decltype(stat)::type;
+    update_running<acc_t>(running.data_ptr<scalar_t>(), running.stride(0), batch.const_data_ptr<stat_t>(),
+                          batch.size(0), count, momentum, is_var);
   });
 }
 

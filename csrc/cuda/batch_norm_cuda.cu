@@ -16,7 +16,6 @@
 #include <torch/library.h>
 
 #include <limits>
-#include <type_traits>
 
 #include "common/batch_norm_checks.h"
 #include "fusedopt/batch_norm.h"
@@ -350,21 +349,13 @@ void update_running_stats_launch(at::Tensor& running, const at::Tensor& batch, b
                                  double momentum) {
   const int64_t C = batch.size(0);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned>(ceil_div(C, kThreads)));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(),
-                                  "fusedopt.batch_norm_update_running_stats_", [&] {
-    scalar_t* r = running.data_ptr<scalar_t>();
-    const int64_t stride = running.stride(0);
-    if (batch.scalar_type() == at::kDouble) {
-      update_running_kernel<double><<<grid, kThreads, 0, stream>>>(r, stride, batch.const_data_ptr<double>(), C,
-                                                                   count, momentum, is_var);
-    } else if (std::is_same_v<scalar_t, double>) {
-      update_running_kernel<double><<<grid, kThreads, 0, stream>>>(r, stride, batch.const_data_ptr<float>(), C,
-                                                                   count, momentum, is_var);
-    } else {
-      update_running_kernel<float><<<grid, kThreads, 0, stream>>>(r, stride, batch.const_data_ptr<float>(), C,
-                                                                  count, static_cast<float>(momentum), is_var);
-    }
+  dispatch_running_update(running.scalar_type(), batch.scalar_type(), [&](auto acc, auto scalar, auto stat) {
+    using acc_t = typename decltype(acc)::type;
+    using scalar_t = typename decltype(scalar)::type;
+    using stat_t = typename decltype(stat)::type;
+    update_running_kernel<acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0, stream>>>(
+        running.data_ptr<scalar_t>(), running.stride(0), batch.const_data_ptr<stat_t>(), C, count,
+        static_cast<acc_t>(momentum), is_var);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

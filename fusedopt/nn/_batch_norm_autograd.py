@@ -25,18 +25,14 @@ def verify_batch_size(size: torch.Size) -> None:
 @torch.no_grad()
 def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor, var: Tensor,
                          count: int | Tensor, momentum: float) -> None:
-    """torch's running-statistics rule: an exponential average of the batch mean and the unbiased
-    batch variance (var * count / (count - 1)). `count` may be a 0-dim tensor on var's device
-    (SyncBatchNorm's global count, never read on the host): then torch ops do it, else one op call
-    (a dozen microseconds less per layer and step than the torch ops)."""
-    if not isinstance(count, Tensor):
-        ops.batch_norm_update_running_stats_(running_mean, running_var, mean, var, count, momentum)
-        return
-    if running_mean is not None:
-        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-    if running_var is not None:
-        unbiased = var * torch.where(count > 1, count / (count - 1).clamp(min=1), torch.ones_like(count))
-        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    """torch's running-statistics rule (op batch_norm_update_running_stats_): an exponential average of
+    the batch mean and the unbiased batch variance (var * count / (count - 1)). `count` may be a 0-dim
+    tensor on var's device (SyncBatchNorm's global count, never read on the host): the unbiased
+    variance is then formed on the device and passed with count 1, which the op takes as it is."""
+    if isinstance(count, Tensor):
+        var = (var * torch.where(count > 1, count / (count - 1).clamp(min=1), torch.ones_like(count))).to(var.dtype)
+        count = 1
+    ops.batch_norm_update_running_stats_(running_mean, running_var, mean, var, count, momentum)
 
 
 def _grads_of_params(ctx, sum_dy: Tensor, sum_dy_xmu: Tensor, var: Tensor, eps: float):

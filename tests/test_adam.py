@@ -596,6 +596,18 @@ def test_op_rejects_bad_input_before_writing(name, edit, extra, message):
     assert_op_rejects_before_writing(torch.ops.fusedopt.adam_, lists, _op_kwargs(**extra), message)
 
 
+@pytest.mark.parametrize("bad", [[700], [40, 700], [0, 999]], ids=["late", "early_and_late", "ends"])
+def test_op_rejects_bad_entry_of_long_lists(bad):
+    # Lists this long are checked on several threads (csrc/common/tensor_lists.cpp): whichever thread
+    # meets a bad entry first, the error names the first bad entry, and nothing is written.
+    n = 1000
+    lists = [[torch.full((3,), 2.0) for _ in range(n)] for _ in range(5)] + [[torch.zeros(()) for _ in range(n)]]
+    for i in bad:
+        lists[2][i] = torch.ones(3, dtype=torch.float64)
+    assert_op_rejects_before_writing(torch.ops.fusedopt.adam_, lists, _op_kwargs(),
+                                     f"exp_avgs\\[{bad[0]}\\] has dtype Double")
+
+
 # ---------------------------------------------------------------------------------------------
 # The op as a torch custom op
 

@@ -17,6 +17,37 @@ namespace fusedopt::python {
 
 namespace py = pybind11;
 
+// How a collected per-param scalar state (a step count) suits the kernels: as it is; to be moved or
+// retyped first (they take a float32 0-dim tensor on the param's device; torch's non-fused optimizers
+// keep steps on the CPU); or not at all (not a single value).
+enum class ScalarFit { kOk, kFix, kBad };
+
+inline ScalarFit scalar_fit(const at::Tensor& s, const at::Device& param_device) {
+  if (s.layout() != at::kStrided || s.numel() != 1) return ScalarFit::kBad;
+  if (s.scalar_type() != at::kFloat || s.device() != param_device || s.dim() != 0) return ScalarFit::kFix;
+  return ScalarFit::kOk;
+}
+
+// The scalar_fit of one scalar key's collected states: the indices to fix, and the first index that
+// cannot be a count (-1 if none) with its numel (-1 for a sparse tensor).
+struct ScalarCheck {
+  bool valid = false;  // false until collected, and again once a state of the key is replaced
+  std::vector<int64_t> fixes;
+  int64_t bad = -1;
+  int64_t bad_numel = 0;
+
+  void add(int64_t i, const at::Tensor& s, const at::Device& param_device) {
+    if (bad >= 0) return;
+    const ScalarFit fit = scalar_fit(s, param_device);
+    if (fit == ScalarFit::kBad) {
+      bad = i;
+      bad_numel = s.layout() != at::kStrided ? -1 : s.numel();
+    } else if (fit == ScalarFit::kFix) {
+      fixes.push_back(i);
+    }
+  }
+};
+
 // The params of one param group that have a grad, with their grads and state tensors.
 struct CollectedGroup {
   py::list param_objects;            // the Python params, for writing state back
@@ -26,6 +57,9 @@ struct CollectedGroup {
   std::vector<std::vector<at::Tensor>> states;  // [key][i]; undefined where missing
   // Keys whose state is a per-param scalar (e.g. 'step'): not shape-checked, never layout-repaired.
   std::vector<std::string> scalar_keys;
+  // [key]: scalar_fit of a scalar key's states, taken by collect_group as it collects them (so the
+  // step-count check needs no second walk over them); invalid for other keys.
+  std::vector<ScalarCheck> scalar_checks;
   std::vector<int64_t> grad_fixes;              // grads laid out unlike their param
   std::vector<std::pair<int64_t, int64_t>> state_fixes;  // (key, i): dtype/device/layout differs
   std::vector<at::Device> devices;
@@ -75,6 +109,7 @@ struct CollectedGroup {
     out.scalar_keys = scalar_keys;
     out.has_dtensor = has_dtensor;  // conservative: of the whole group
     out.states.resize(keys.size());
+    out.scalar_checks.resize(keys.size());  // not carried over: walked again if asked for
     for (int64_t i : indices) {
       TORCH_CHECK(i >= 0 && i < size(), "index ", i, " out of range");
       out.param_objects.append(param_objects[i]);

@@ -38,23 +38,23 @@ void adagrad_group(const CollectedGroup& g, double lr, const OptTensor& lr_tenso
           found_inf, write_grads);
 }
 
-// Indices of the params whose collected state `key` (a step count) exists but is not a float32
-// one-element strided tensor on the param's device (torch's non-fused optimizers keep step on the CPU):
-// those are moved before the op runs. Returns (fixes, index of a step that cannot be a count, its
-// numel), the latter (-1, 0) when every step has one element.
+// Indices of the params whose collected state `key` (a step count) exists but must be moved or
+// retyped before the op runs (scalar_fit). Returns (fixes, index of a step that cannot be a count, its
+// numel), the latter (-1, 0) when every step has one element. Taken from what collect_group noted while
+// collecting, unless a state of the key was replaced since.
 std::tuple<std::vector<int64_t>, int64_t, int64_t> scalar_state_fixes(const CollectedGroup& g,
                                                                       const std::string& key) {
-  std::vector<int64_t> fixes;
-  const auto& list = g.states.at(g.key_index(key));
-  for (int64_t i = 0; i < g.size(); ++i) {
-    const at::Tensor& s = list[i];
-    if (!s.defined()) continue;
-    if (s.layout() != at::kStrided || s.numel() != 1) return {fixes, i, s.layout() != at::kStrided ? -1 : s.numel()};
-    if (s.scalar_type() != at::kFloat || s.device() != g.params[i].device() || s.dim() != 0) {
-      fixes.push_back(i);
-    }
+  const size_t k = g.key_index(key);
+  if (k < g.scalar_checks.size() && g.scalar_checks[k].valid) {
+    const ScalarCheck& c = g.scalar_checks[k];
+    return {c.fixes, c.bad, c.bad >= 0 ? c.bad_numel : 0};
   }
-  return {fixes, -1, 0};
+  ScalarCheck c;
+  const auto& list = g.states[k];
+  for (int64_t i = 0; i < g.size(); ++i) {
+    if (list[i].defined()) c.add(i, list[i], g.params[i].device());
+  }
+  return {c.fixes, c.bad, c.bad >= 0 ? c.bad_numel : 0};
 }
 
 }  // namespace

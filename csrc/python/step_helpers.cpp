@@ -134,6 +134,7 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
     is_scalar.push_back(std::find(scalar_keys.begin(), scalar_keys.end(), k) != scalar_keys.end());
   }
   out.states.resize(keys.size());
+  out.scalar_checks.resize(keys.size());
   std::vector<py::object> key_objects;  // interned once: per-param lookups then hash nothing new
   for (const auto& k : keys) key_objects.push_back(py::reinterpret_steal<py::object>(PyUnicode_InternFromString(k.c_str())));
   const int64_t n = static_cast<int64_t>(group_params.size());
@@ -194,6 +195,7 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
       const at::Tensor& t_arg = THPVariable_Unpack(value);
       if (is_scalar[s]) {
         out.states[s].push_back(local_or_self(t_arg));
+        out.scalar_checks[s].add(out.size(), out.states[s].back(), p.device());
         continue;
       }
       if (t_arg.sizes() != p_arg.sizes()) {  // global shapes for DTensors
@@ -217,6 +219,7 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
     out.params.push_back(p);
     out.grads.push_back(g);
   }
+  for (size_t s = 0; s < keys.size(); ++s) out.scalar_checks[s].valid = is_scalar[s];
   return out;
 }
 
@@ -253,6 +256,7 @@ void add_step_helpers(py::module& m) {
       .def("set_grad", [](CollectedGroup& g, int64_t i, const at::Tensor& t) { g.grads.at(i) = local_or_self(t); })
       .def("set_state", [](CollectedGroup& g, const std::string& key, int64_t i, const at::Tensor& t) {
         g.state_tensors(key).at(i) = local_or_self(t);
+        g.scalar_checks.at(g.key_index(key)).valid = false;
       })
       .def("select", &CollectedGroup::select, py::arg("indices"))
       .def("by_device", [](py::object self) {

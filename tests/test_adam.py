@@ -537,6 +537,29 @@ def test_step_of_wrong_size_is_rejected_before_any_update():
     check_bad_input_in_later_group_modifies_nothing(fusedopt.optim.Adam, "step", kwargs=dict(lr=0.1))
 
 
+def test_step_counts_needing_repair_are_found_with_or_without_a_second_walk():
+    # collect_group notes which steps must be moved/retyped as it collects them; after a step state is
+    # replaced the same answer comes from walking them again.
+    from fusedopt.optim import _common
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(4)]
+    for p in params:
+        p.grad = torch.randn(3)
+    opt = fusedopt.optim.Adam(params, lr=0.1)
+    opt.step()
+    opt.state[params[1]]["step"] = torch.tensor(1.0, dtype=torch.float64)  # torch's non-fused kind
+    opt.state[params[3]]["step"] = torch.tensor([1.0])                      # one element, not 0-dim
+    keys, scalar_keys = opt._collect_keys(opt.param_groups[0])
+    c = _common.collect(opt, opt._NAME, 0, keys, scalar_keys=scalar_keys)
+    assert fusedopt._C.scalar_state_fixes(c, "step") == ([1, 3], -1, 0)
+    c.set_state("step", 1, torch.tensor(1.0))
+    assert fusedopt._C.scalar_state_fixes(c, "step") == ([3], -1, 0)
+    c.set_state("step", 2, torch.zeros(2))
+    assert fusedopt._C.scalar_state_fixes(c, "step") == ([], 2, 2)
+    opt.state[params[0]]["step"] = torch.zeros(2)
+    c = _common.collect(opt, opt._NAME, 0, keys, scalar_keys=scalar_keys)
+    assert fusedopt._C.scalar_state_fixes(c, "step") == ([], 0, 2)
+
+
 def test_state_of_another_layout_or_dtype_is_repaired():
     """State from a checkpoint in float64 / another memory order is brought to the param's layout."""
     p, q = torch.randn(6, 5), None

@@ -10,8 +10,9 @@
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
 
+#include "common/huge_pages.h"
+
 #if defined(__linux__)
-#include <sys/mman.h>
 #define FUSEDOPT_LARGE_OUTPUT_CACHE 1
 #endif
 
@@ -20,8 +21,6 @@ namespace fusedopt {
 #if FUSEDOPT_LARGE_OUTPUT_CACHE
 
 namespace {
-
-constexpr size_t kHugePage = size_t{2} << 20;
 
 struct Block {
   void* data;
@@ -52,7 +51,7 @@ class LargeOutputCache final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(size_t n) override {
-    const size_t bytes = std::max(kHugePage, (n + kHugePage - 1) / kHugePage * kHugePage);
+    const size_t bytes = std::max(kHugePage, round_up_to_huge_pages(n));
     Block* block = take_cached(bytes);
     if (block == nullptr) block = map(bytes);
     return {block->data, block, &LargeOutputCache::free_block, c10::Device(c10::DeviceType::CPU)};
@@ -120,24 +119,10 @@ class LargeOutputCache final : public c10::Allocator {
     return b;
   }
 
-  static Block* map(size_t bytes) {
-    // Over-map by one huge page and trim, so that the block starts on a 2 MiB boundary.
-    const size_t span = bytes + kHugePage;
-    void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    TORCH_CHECK(raw != MAP_FAILED, "fusedopt: out of memory mapping ", bytes, " bytes for an output");
-    const auto begin = reinterpret_cast<uintptr_t>(raw);
-    const uintptr_t aligned = (begin + kHugePage - 1) & ~uintptr_t{kHugePage - 1};
-    if (aligned > begin) munmap(raw, aligned - begin);
-    const uintptr_t end = begin + span, aligned_end = aligned + bytes;
-    if (end > aligned_end) munmap(reinterpret_cast<void*>(aligned_end), end - aligned_end);
-#ifdef MADV_HUGEPAGE
-    (void)madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);  // a hint; THP may be off
-#endif
-    return new Block{reinterpret_cast<void*>(aligned), bytes};
-  }
+  static Block* map(size_t bytes) { return new Block{map_huge_page_block(bytes, "an output"), bytes}; }
 
   static void unmap(Block* b) {
-    munmap(b->data, b->bytes);
+    unmap_block(b->data, b->bytes);
     delete b;
   }
 

@@ -168,5 +168,7 @@ void add_adam_step(py::module& m);
 void add_rmsprop_adagrad_step(py::module& m);
 // fusedopt.nn.utils' per-call helper (csrc/python/clip_helpers.cpp).
 void add_clip_helpers(py::module& m);
+// Optimizer state for many CPU params from one allocation (csrc/python/state_allocation.cpp).
+void add_state_allocation(py::module& m);
 
 }  // namespace fusedopt::python

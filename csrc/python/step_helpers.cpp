@@ -278,6 +278,7 @@ void add_step_helpers(py::module& m) {
   add_adam_step(m);
   add_rmsprop_adagrad_step(m);
   add_clip_helpers(m);
+  add_state_allocation(m);
 }
 
 }  // namespace fusedopt::python

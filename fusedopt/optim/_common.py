@@ -73,16 +73,41 @@ def write_back_grads(collected, replaced: dict[int, Tensor]) -> None:
             original.copy_(grads[i])
 
 
-def create_missing_state(collected, optimizer_state, key: str, make) -> list[int]:
-    """State `key` for every param that has none yet, made by make(param) and stored in the optimizer
-    state (for a DTensor param make() gets the DTensor, so e.g. torch.empty_like makes a DTensor placed
-    like it; the kernel gets its local shard). Returns the indices that got new state."""
+# Exactly these types: torch.full_like keeps a subclass (and its placement, for a DTensor).
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def new_states_like(params: list[Tensor], dtypes: list[torch.dtype], fill: float | None) -> list[Tensor]:
+    """For each param, a new state tensor like torch.full_like(p, fill, dtype=dtype,
+    memory_format=torch.preserve_format) (torch.empty_like for fill None). Plain CPU params (Tensor,
+    Parameter) with dense memory get theirs from one allocation on huge pages, each with a storage of
+    its own of exactly its size (csrc/python/state_allocation.cpp: the update streams all of it every
+    step); other params (a DTensor, which then gets a DTensor; other devices) get torch's."""
+    out: list[Tensor | None] = [None] * len(params)
+    plain = [i for i, p in enumerate(params) if type(p) in _PLAIN_TYPES and p.device.type == "cpu"]
+    if plain:  # None back for a param that is not dense
+        made = _C.new_cpu_states_like([params[i] for i in plain], [dtypes[i] for i in plain], fill)
+        for i, t in zip(plain, made):
+            out[i] = t
+    for i, p in enumerate(params):
+        if out[i] is None:
+            out[i] = (torch.empty_like(p, dtype=dtypes[i], memory_format=torch.preserve_format) if fill is None
+                      else torch.full_like(p, fill, dtype=dtypes[i], memory_format=torch.preserve_format))
+    return out
+
+
+def create_missing_state(collected, optimizer_state, key: str, fill: float | None = 0.0,
+                         dtype_of=None) -> list[int]:
+    """State `key` for every param that has none yet: new_states_like(param, fill) in dtype_of(param)
+    (the param's dtype by default), stored in the optimizer state (for a DTensor param that is a DTensor
+    placed like it; the kernel gets its local shard). Returns the indices that got new state."""
     fresh = collected.missing(key)
     if fresh:
         params = collected.params
-        for i in fresh:
-            t = make(params[i])
-            optimizer_state[params[i]][key] = t
+        fresh_params = [params[i] for i in fresh]
+        dtypes = [p.dtype if dtype_of is None else dtype_of(p) for p in fresh_params]
+        for i, p, t in zip(fresh, fresh_params, new_states_like(fresh_params, dtypes, fill)):
+            optimizer_state[p][key] = t
             collected.set_state(key, i, t)
     return fresh
 

@@ -84,17 +84,23 @@ class Adagrad(FusedStep, torch.optim.Adagrad):
         self._step_supports_amp_scaling = True
         _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
         for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state[p]
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                # torch fills every group's sums with the constructor's value, whatever the group says.
-                state["sum"] = self._initial_sum(p, initial_accumulator_value)
+            params = group["params"]
+            for p in params:
+                self.state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            # torch fills every group's sums with the constructor's value, whatever the group says.
+            for p, t in zip(params, self._initial_sums(params, initial_accumulator_value)):
+                self.state[p]["sum"] = t
 
     @staticmethod
-    def _initial_sum(p: Tensor, value: float) -> Tensor:
-        if torch.is_complex(p):  # as torch does; the step then rejects complex params
-            value = complex(value, value)
-        return torch.full_like(p, value, memory_format=torch.preserve_format)
+    def _initial_sums(params: list[Tensor], value: float) -> list[Tensor]:
+        # A complex param's sum holds value + value*1j, as torch's does; the step then rejects it.
+        sums = [torch.full_like(p, complex(value, value), memory_format=torch.preserve_format)
+                if torch.is_complex(p) else None for p in params]
+        real = [i for i, s in enumerate(sums) if s is None]
+        made = _common.new_states_like([params[i] for i in real], [params[i].dtype for i in real], float(value))
+        for i, t in zip(real, made):
+            sums[i] = t
+        return sums
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
@@ -108,8 +114,7 @@ class Adagrad(FusedStep, torch.optim.Adagrad):
     def _prepare(self, group: dict, c) -> None:
         # Params added by add_param_group have no state yet (torch's Adagrad fails on them).
         _step_state.create_missing(c, self.state)
-        _common.create_missing_state(
-            c, self.state, "sum", lambda p: self._initial_sum(p, group["initial_accumulator_value"]))
+        _common.create_missing_state(c, self.state, "sum", fill=float(group["initial_accumulator_value"]))
 
     def _run(self, group: dict, c, _prepared, grad_scale: Tensor | None, found_inf: Tensor | None,
              write_grads: bool) -> None:

@@ -136,12 +136,9 @@ class Adam(FusedStep, torch.optim.Adam):
         """Creates missing state; returns the indices of float16/bfloat16 params under
         master_weights (None without master weights)."""
         _step_state.create_missing(c, self.state)
-        zeros = lambda p: torch.zeros_like(  # noqa: E731
-            p, dtype=self._state_dtype(p), memory_format=torch.preserve_format)
-        _common.create_missing_state(c, self.state, "exp_avg", zeros)
-        _common.create_missing_state(c, self.state, "exp_avg_sq", zeros)
-        if group["amsgrad"]:
-            _common.create_missing_state(c, self.state, "max_exp_avg_sq", zeros)
+        keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+        for key in keys:
+            _common.create_missing_state(c, self.state, key, fill=0.0, dtype_of=self._state_dtype)
         if not self.master_weights:
             return None
         params = c.params

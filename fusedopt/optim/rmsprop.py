@@ -109,8 +109,7 @@ class RMSprop(FusedStep, torch.optim.RMSprop):
     def _prepare(self, group: dict, c) -> None:
         _step_state.create_missing(c, self.state)
         for key in c.keys[1:]:
-            _common.create_missing_state(
-                c, self.state, key, lambda p: torch.zeros_like(p, memory_format=torch.preserve_format))
+            _common.create_missing_state(c, self.state, key, fill=0.0)
 
     def _run(self, group: dict, c, _prepared, grad_scale: Tensor | None, found_inf: Tensor | None,
              write_grads: bool) -> None:

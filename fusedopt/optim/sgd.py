@@ -99,8 +99,8 @@ class SGD(FusedStep, torch.optim.SGD):
         if group["momentum"] == 0:
             _C.sgd_group(c, is_first_step=False, **hyper)
             return
-        fresh = _common.create_missing_state(
-            c, self.state, "momentum_buffer", lambda p: torch.empty_like(p, memory_format=torch.preserve_format))
+        # Its values do not matter (fill=None): a first step stores the grad into it.
+        fresh = _common.create_missing_state(c, self.state, "momentum_buffer", fill=None)
         if len(fresh) in (0, len(c)):
             _C.sgd_group(c, is_first_step=bool(fresh), **hyper)
             return

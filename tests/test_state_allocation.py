@@ -131,3 +131,19 @@ def test_state_cannot_be_resized_in_place():
     opt.step()
     with pytest.raises(RuntimeError, match="not resizable"):
         opt.state[p]["exp_avg"].resize_(100)
+
+
+def test_master_weights_of_half_params_come_from_one_block_too():
+    params = [torch.nn.Parameter(t) for t in param_zoo(torch.bfloat16, "cpu")]
+    originals = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt = fusedopt.optim.AdamW(params, lr=0.0, weight_decay=0.0, master_weights=True)
+    opt.step()  # lr 0: the masters keep the params' values
+    for p, original in zip(params, originals):
+        master = opt.state[p]["master_param"]
+        assert master.dtype == torch.float32 and master.shape == p.shape
+        if p.numel() > 1:
+            assert master.stride() == p.stride()
+        assert master.untyped_storage().nbytes() == master.numel() * 4
+        assert torch.equal(master, original.float())

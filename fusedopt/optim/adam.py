@@ -143,8 +143,10 @@ class Adam(FusedStep, torch.optim.Adam):
             return None
         params = c.params
         half = [i for i, p in enumerate(params) if p.dtype in _HALF]
-        for i in set(c.missing("master_param")).intersection(half):
-            master = torch.empty_like(params[i], dtype=torch.float32).copy_(params[i])
+        fresh = sorted(set(c.missing("master_param")).intersection(half))
+        masters = _common.new_states_like([params[i] for i in fresh], [torch.float32] * len(fresh), None)
+        for i, master in zip(fresh, masters):
+            master.copy_(params[i])
             self.state[params[i]]["master_param"] = master
             c.set_state("master_param", i, master)
         return half

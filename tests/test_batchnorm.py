@@ -344,6 +344,10 @@ def test_update_running_stats_opcheck_and_errors():
         with pytest.raises(RuntimeError, match=message):
             op(*args)
         assert all(torch.equal(a, b) for a, b in zip(args[:2], before) if a is not None)
+    # No channels: nothing to update, and two empty buffers (which may share no memory at all) are fine.
+    empty = torch.empty(0)
+    op(torch.empty(0), torch.empty(0), empty, empty, 3, 0.1)
+    op(empty[:0], empty[:0].clone(), empty, empty, 3, 0.1)
 
 
 # Channel counts on both sides of the CPU's per-channel fusion threshold (4 channels per thread), odd

@@ -213,12 +213,11 @@ void run_batch_norm_update_running_stats(const std::optional<at::Tensor>& runnin
     TORCH_CHECK(t->device() == mean.device(), op, ": ", arg, " must be on mean's device ", mean.device(), ", got ",
                 t->device());
   }
-  if (running_mean.has_value() && running_var.has_value()) {
-    TORCH_CHECK(!running_mean->is_same(*running_var) &&
-                    running_mean->data_ptr() != running_var->data_ptr(),
-                op, ": running_mean and running_var must be different tensors");
-  }
   if (C == 0 || (!running_mean.has_value() && !running_var.has_value())) return;
+  // (Empty buffers may both have no memory: compared only when there is something to update.)
+  TORCH_CHECK(!running_mean.has_value() || !running_var.has_value() ||
+                  running_mean->const_data_ptr() != running_var->const_data_ptr(),
+              op, ": running_mean and running_var must be different tensors");
   const c10::DeviceGuard guard(mean.device());
   if (running_mean.has_value()) {
     at::Tensor running = *running_mean;

@@ -56,9 +56,8 @@ template <typename acc_t, typename scalar_t, typename stat_t>
 void update_running(scalar_t* running, int64_t stride, const stat_t* batch, int64_t C, int64_t count,
                     double momentum, bool is_var) {
   for (int64_t c = 0; c < C; ++c) {
-    const acc_t b = is_var ? bn_unbiased_var<acc_t>(static_cast<acc_t>(batch[c]), count) : static_cast<acc_t>(batch[c]);
-    running[c * stride] = static_cast<scalar_t>(
-        bn_running_update<acc_t>(static_cast<acc_t>(running[c * stride]), b, static_cast<acc_t>(momentum)));
+    running[c * stride] =
+        bn_running_channel<acc_t>(running[c * stride], batch[c], count, static_cast<acc_t>(momentum), is_var);
   }
 }
 

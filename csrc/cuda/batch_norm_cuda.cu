@@ -340,9 +340,7 @@ __global__ void update_running_kernel(scalar_t* running, int64_t stride, const s
                                       int64_t count, acc_t momentum, bool is_var) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
-  const acc_t b = is_var ? bn_unbiased_var<acc_t>(static_cast<acc_t>(batch[c]), count) : static_cast<acc_t>(batch[c]);
-  running[c * stride] =
-      static_cast<scalar_t>(bn_running_update<acc_t>(static_cast<acc_t>(running[c * stride]), b, momentum));
+  running[c * stride] = bn_running_channel<acc_t>(running[c * stride], batch[c], count, momentum, is_var);
 }
 
 void update_running_stats_launch(at::Tensor& running, const at::Tensor& batch, bool is_var, int64_t count,

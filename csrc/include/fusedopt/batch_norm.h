@@ -101,4 +101,13 @@ FUSEDOPT_INLINE S bn_unbiased_var(S var, int64_t count) {
   return count > 1 ? var * S(double(count) / double(count - 1)) : var;
 }
 
+// One channel of a running buffer (scalar_t) updated from its batch statistic (stat_t: the mean, or with
+// is_var the biased variance over `count` values), in acc_t; what the CPU loop and the CUDA kernel run.
+template <typename acc_t, typename scalar_t, typename stat_t>
+FUSEDOPT_INLINE scalar_t bn_running_channel(scalar_t running, stat_t batch, int64_t count, acc_t momentum,
+                                            bool is_var) {
+  const acc_t b = is_var ? bn_unbiased_var<acc_t>(static_cast<acc_t>(batch), count) : static_cast<acc_t>(batch);
+  return static_cast<scalar_t>(bn_running_update<acc_t>(static_cast<acc_t>(running), b, momentum));
+}
+
 }  // namespace fusedopt

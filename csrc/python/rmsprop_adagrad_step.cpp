@@ -45,16 +45,16 @@ void adagrad_group(const CollectedGroup& g, double lr, const OptTensor& lr_tenso
 std::tuple<std::vector<int64_t>, int64_t, int64_t> scalar_state_fixes(const CollectedGroup& g,
                                                                       const std::string& key) {
   const size_t k = g.key_index(key);
-  if (k < g.scalar_checks.size() && g.scalar_checks[k].valid) {
-    const ScalarCheck& c = g.scalar_checks[k];
-    return {c.fixes, c.bad, c.bad >= 0 ? c.bad_numel : 0};
+  ScalarCheck walked;
+  const bool noted = k < g.scalar_checks.size() && g.scalar_checks[k].valid;
+  if (!noted) {
+    const auto& list = g.states[k];
+    for (int64_t i = 0; i < g.size(); ++i) {
+      if (list[i].defined()) walked.add(i, list[i], g.params[i].device());
+    }
   }
-  ScalarCheck c;
-  const auto& list = g.states[k];
-  for (int64_t i = 0; i < g.size(); ++i) {
-    if (list[i].defined()) c.add(i, list[i], g.params[i].device());
-  }
-  return {c.fixes, c.bad, c.bad >= 0 ? c.bad_numel : 0};
+  const ScalarCheck& c = noted ? g.scalar_checks[k] : walked;
+  return {c.fixes, c.bad, c.bad_numel};  // bad_numel stays 0 while bad is -1
 }
 
 }  // namespace

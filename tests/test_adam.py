@@ -706,3 +706,32 @@ def test_cuda_step_without_host_sync_and_graph_capture():
     assert [s.item() for s in ours[5]] == [3.0] * 3
     for a, b in zip(ours[0], ref[0]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_grad_scaler_tensors_with_cpu_params():
+    """A GradScaler on the GPU, params on the CPU (offloaded): its scale and found_inf are copied to the
+    CPU, and must have arrived before the CPU kernel reads them (a non-blocking copy to the CPU returns
+    before it has)."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (1000, 7, 4096)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt, ref_opt = fusedopt.optim.AdamW(params, lr=0.1), fusedopt.optim.AdamW(ref, lr=0.1)
+    for step in range(4):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g * 1024  # a power of two: unscaling is exact
+        for p, g in zip(ref, grads):
+            p.grad = g.clone()
+        # Work queued on the GPU first, so that an unsynchronised copy would still be pending.
+        busy = torch.randn(4096, 4096, device="cuda")
+        pending = (busy @ busy).sum() * 0
+        opt.grad_scale = pending + 1024.0  # as GradScaler sets them for the duration of step()
+        opt.found_inf = pending + (1.0 if step == 2 else 0.0)
+        opt.step()
+        del opt.grad_scale, opt.found_inf
+        if step != 2:  # found_inf: the step is skipped, step counts included
+            ref_opt.step()
+        for a, b in zip(params, ref):
+            assert torch.equal(a, b), step

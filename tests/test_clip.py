@@ -336,6 +336,42 @@ def test_clip_grads_with_norm_exact(dtype):
                 assert torch.equal(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [-1.0, -3.0, -1.5, 1.0, 2.0, 3.0, INF, -INF])
+def test_negative_zeros(device, dtype, p):
+    # |-0| is +0: pow(-0, -1) would be -inf, and -inf + inf a NaN where torch's norm is 0. Lengths put
+    # the zeros in the vector loop and in the scalar tail (the only path of the CUDA kernel).
+    for n in (2, 5, 130):
+        x = torch.zeros(n, dtype=dtype, device=device)
+        x[1::2] = -0.0
+        y = x.clone()
+        y[n // 2] = 2.0
+        for t in (x, y):
+            ours = torch.ops.fusedopt.total_norm([t], p)
+            theirs = torch.linalg.vector_norm(t.double(), p)
+            torch.testing.assert_close(ours.double(), theirs, rtol=1e-6, atol=0)
+            assert math.copysign(1.0, ours.item()) == 1.0, (n, p)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_norm_clips_cpu_grads():
+    """A norm on the GPU, grads on the CPU: the coefficient must have arrived before the CPU kernel
+    reads it (a non-blocking copy to the CPU returns before it has)."""
+    for _ in range(5):
+        ours = _params_with_grads(torch.float32, "cpu", seed=3)
+        theirs = _clone_params(ours)
+        # Queue work on the GPU first, so that an unsynchronised copy would still be pending.
+        busy = torch.randn(4096, 4096, device="cuda")
+        norm = (busy @ busy).sum() * 0 + 7.3
+        clip_grads_with_norm_(ours, 2.5, norm)
+        torch.nn.utils.clip_grads_with_norm_(theirs, 2.5, norm)
+        for a, b in zip(ours, theirs):
+            if a.grad is not None:
+                assert torch.equal(a.grad, b.grad)
+
+
 def test_single_tensor_and_non_dense_grads():
     p = torch.nn.Parameter(torch.zeros(6, 5))
     p.grad = torch.randn(5, 12)[:, ::2].t()  # a view with gaps

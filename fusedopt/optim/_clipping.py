@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
+from .._device import to_device
 
 
 def init_folded_clipping(optimizer, max_grad_norm: float | None, grad_norm_type: float) -> None:
@@ -90,7 +91,7 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
 def _scales(optimizer, devices: list[torch.device], norm: Tensor, grad_scale: Tensor | None,
             max_norm: float) -> dict[torch.device, Tensor]:
     if grad_scale is not None:
-        norm = norm / grad_scale.to(norm.device, non_blocking=True)
+        norm = norm / to_device(grad_scale, norm.device)
     optimizer.last_grad_norm = norm
     clip_coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     # A float64 norm (some grad is float64) keeps a float64 divisor: torch scales float64 grads by a
@@ -98,8 +99,8 @@ def _scales(optimizer, devices: list[torch.device], norm: Tensor, grad_scale: Te
     divisor_dtype = torch.float64 if norm.dtype == torch.float64 else torch.float32
     out: dict[torch.device, Tensor] = {}
     for device in devices:
-        coef = clip_coef.to(device, non_blocking=True)
-        scale = (grad_scale.to(device, non_blocking=True) if grad_scale is not None
+        coef = to_device(clip_coef, device)
+        scale = (to_device(grad_scale, device) if grad_scale is not None
                  else torch.ones((), device=device))
         out[device] = (scale / coef).to(divisor_dtype).reshape(1)
     return out

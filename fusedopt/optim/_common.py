@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
+from .._device import to_device
 
 
 def collect(optimizer, name: str, group_index: int, keys: tuple[str, ...],
@@ -119,12 +120,12 @@ def grad_scaler_tensors(optimizer) -> tuple[Tensor | None, Tensor | None]:
 
 
 def on_device(t: Tensor | None, device: torch.device, cache: dict) -> Tensor | None:
-    """t moved (asynchronously) to device, once per device and step."""
+    """t moved to device (to_device: asynchronously unless to the CPU), once per device and step."""
     if t is None or t.device == device:
         return t
     key = (id(t), device)
     if key not in cache:
-        cache[key] = t.to(device, non_blocking=True)
+        cache[key] = to_device(t, device)
     return cache[key]
 
 

@@ -39,7 +39,9 @@ template <typename S>
 struct ScalarNormOps {
   using scalar_t = S;
   static FUSEDOPT_INLINE S splat(S x) { return x; }
-  static FUSEDOPT_INLINE S abs(S x) { return x < 0 ? -x : x; }  // -0 stays -0; only compared/squared
+  // fabs, not x < 0 ? -x : x: that keeps -0, and pow(-0, p) is -inf for a negative odd integer p
+  // (then -inf + inf = NaN where torch's norm is 0).
+  static FUSEDOPT_INLINE S abs(S x) { return static_cast<S>(::fabs(x)); }
   static FUSEDOPT_INLINE S nonzero(S x) { return x != S(0) ? S(1) : S(0); }  // NaN != 0
   static FUSEDOPT_INLINE S pow(S x, S p) { return ::pow(x, p); }
   static FUSEDOPT_INLINE S maximum(S a, S b) { return MathOps<S>::maximum(a, b); }

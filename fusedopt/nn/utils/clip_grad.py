@@ -25,6 +25,7 @@ from torch import Tensor
 from torch import _prims_common
 
 from ... import _C
+from ..._device import to_device
 
 _tensor_or_tensors = typing.Union[Tensor, typing.Iterable[Tensor]]
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -218,14 +219,14 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
     if total_norm.dtype not in (torch.float32, torch.float64):
         total_norm = total_norm.float()
     if all_dense and one_device and not n_dtensors:  # the common case: one fused call
-        torch.ops.fusedopt.clip_by_total_norm_(grads, total_norm.to(grads[0].device, non_blocking=True),
+        torch.ops.fusedopt.clip_by_total_norm_(grads, to_device(total_norm, grads[0].device),
                                                max_norm)
         return
     by_device: dict[torch.device, list[Tensor]] = {}
     for g in grads:
         by_device.setdefault(g.device, []).append(g)
     for device, device_grads in by_device.items():
-        norm = total_norm.to(device, non_blocking=True)
+        norm = to_device(total_norm, device)
         dense = [g for g in device_grads if _fills_memory(g)]
         torch.ops.fusedopt.clip_by_total_norm_(dense, norm, max_norm)
         if len(dense) != len(device_grads):

@@ -165,6 +165,26 @@ def test_backward_uses_the_forward_mask(dtype):
                                atol=0)
 
 
+@pytest.mark.parametrize("backend", ["aot_eager_decomp_partition", "inductor"])
+def test_compiled_calls_on_one_tensor_draw_two_masks(backend):
+    """Two dropouts of one tensor (R-Drop) stay two draws in a compiled training graph, each backward
+    with its own forward's mask. Before the ops were tagged nondeterministic_seeded (and, before torch
+    2.14, registered as ordered effects) the graph's common-subexpression pass merged them into one."""
+    def f(x):
+        return FF.dropout(x, 0.5), FF.dropout(x, 0.5)
+
+    x = torch.ones(4096, requires_grad=True)
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True), warnings.catch_warnings():
+        # (a cached graph would hide a merge; torch warns that this also turns off its profile cache)
+        warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")
+        a, b = torch.compile(f, backend=backend)(x)
+        (a + 3 * b).sum().backward()
+    torch._dynamo.reset()
+    assert not torch.equal(a, b)
+    assert torch.equal(x.grad, (a != 0).float() * 2 + 3 * (b != 0).float() * 2)
+
+
 @pytest.mark.parametrize("inplace", [False, True])
 def test_saved_memory_is_the_packed_mask(inplace):
     n = 1 << 20

@@ -66,6 +66,17 @@ torch.library.register_autograd("fusedopt::dropout_backward", _dropout_backward_
                                 setup_context=_dropout_backward_setup_context)
 
 
+# Compiled graphs merge calls with equal arguments unless an op is known to be random. torch 2.14 reads
+# the ops' nondeterministic_seeded tag (csrc/schemas/dropout.cpp) for that; earlier versions only know
+# their own random ops, and would give two dropout calls on one tensor the same mask (R-Drop, for
+# example): there the ops are also registered as ordered side effects, which nothing merges or drops.
+if torch.torch_version.TorchVersion(torch.__version__) < (2, 14):
+    from torch._higher_order_ops.effects import _EffectType
+
+    for _op in (torch.ops.fusedopt.dropout.default, torch.ops.fusedopt.dropout_.default):
+        torch.library._register_effectful_op(_op, _EffectType.ORDERED)
+
+
 class _DropoutInplace(torch.autograd.Function):
     """In-place dropout (a mutable op cannot use register_autograd): input is marked dirty and only the
     mask is saved."""

@@ -30,7 +30,18 @@ namespace fusedopt::cuda {
 
 constexpr int kThreads = 512;
 constexpr int kChunk = 65536;  // elements per block
-constexpr int kUnroll = 4;     // accesses per thread and list issued before the first is used
+// Accesses per thread and list issued before the first value is used: as many as fit kValueRegisters
+// math-type registers over the K lists, at most 4. ptxas -v (sm_90) showed a fixed 4 spilling kilobytes
+// per thread for half/bfloat16 Adam and RMSprop (an access of 8 halves is 8 float registers; 128 is the
+// cap under __launch_bounds__(kThreads)); float32 SGD (K = 3) keeps its 4, measured at 94% of the copy
+// bandwidth on an H100 (benchmarks/results).
+constexpr int kValueRegisters = 64;
+template <int K, int W, typename opmath_t>
+constexpr int accesses_per_list() {
+  constexpr int per_access = K * W * int(sizeof(opmath_t) / 4);
+  constexpr int fit = kValueRegisters / per_access;
+  return fit < 1 ? 1 : fit > 4 ? 4 : fit;
+}
 // Bytes of parameter space for the table; the rest of the 32764 is left for the op functor.
 constexpr size_t kTableBytes = 31 * 1024;
 
@@ -72,11 +83,12 @@ struct alignas(sizeof(T) * N) Pack {
 };
 
 // Walks the n elements of one chunk, W elements per access (W > 1 only when every list's pointer is
-// 16-byte aligned), kUnroll accesses per thread in flight.
+// 16-byte aligned), kUnroll accesses per thread and list in flight.
 template <int W, typename scalar_t, typename opmath_t, int K, typename Update, size_t... I>
 __device__ __forceinline__ void process_chunk(scalar_t* const (&base)[K], int n, unsigned read_mask,
                                               unsigned write_mask, const Update& update,
                                               std::index_sequence<I...>) {
+  constexpr int kUnroll = accesses_per_list<K, W, opmath_t>();
   const int step = blockDim.x * W;
   for (int first = threadIdx.x * W; first < n; first += step * kUnroll) {
     opmath_t v[K][kUnroll][W];

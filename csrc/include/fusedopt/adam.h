@@ -57,9 +57,9 @@ FUSEDOPT_INLINE AdamScalars<S> adam_scalars(const AdamHyper& h, double lr, doubl
 // Follows torch.optim.Adam's single-tensor path (_single_tensor_adam, capturable=False) operation by
 // operation, with ATen's CPU kernels' roundings:
 //   grad = -grad if maximize
-//   param.mul_(1 - lr*wd) (decoupled) | grad = grad.add(param, alpha=wd)     one fma
+//   param.mul_(1 - lr*wd) (decoupled) | grad = grad.add(param, alpha=wd)     rounded product | one fma
 //   exp_avg.lerp_(grad, 1 - beta1)                                           one fma
-//   exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)             v*b2 + (c*g)*g
+//   exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)             fma(c*g, g, rounded v*b2)
 //   max_exp_avg_sq = maximum(max_exp_avg_sq, exp_avg_sq)                     (amsgrad)
 //   denom = (sqrt(v) / bias_correction2_sqrt).add_(eps)
 //   param.addcdiv_(exp_avg, denom, value=-step_size)                         param + (-ss*m)/denom
@@ -71,11 +71,13 @@ FUSEDOPT_INLINE void adam_update(T& param, T grad, T& exp_avg, T& exp_avg_sq, T&
   using Ops = MathOps<T>;
   if (h.maximize) grad = Ops::neg(grad);
   if (h.weight_decay != 0) {
-    if (h.decoupled_weight_decay) param = param * Ops::splat(s.decay_factor);
+    // mul_rounded: the product must not be contracted into the final addition (see math_ops.h).
+    if (h.decoupled_weight_decay) param = mul_rounded(param, Ops::splat(s.decay_factor));
     else grad = Ops::fma(param, Ops::splat(s.weight_decay), grad);
   }
   exp_avg = Ops::fma(Ops::splat(s.lerp_coeff), grad - exp_avg, s.lerp_from_m ? exp_avg : grad);
-  exp_avg_sq = exp_avg_sq * Ops::splat(s.beta2) + Ops::splat(s.one_minus_beta2) * grad * grad;
+  // Spelled out, so that no compiler picks its own contraction (ATen's addcmul: self + c * t1 * t2).
+  exp_avg_sq = Ops::fma(Ops::splat(s.one_minus_beta2) * grad, grad, mul_rounded(exp_avg_sq, Ops::splat(s.beta2)));
   T second = exp_avg_sq;
   if (h.amsgrad) {
     max_exp_avg_sq = Ops::maximum(max_exp_avg_sq, exp_avg_sq);

@@ -62,4 +62,31 @@ struct MathOps<double> {
   static FUSEDOPT_INLINE double maximum(double a, double b) { return (a != a || a > b) ? a : b; }
 };
 
+// a * b rounded on its own, also where it feeds an addition that the compiler would otherwise contract
+// into an fma (GCC does for SIMD registers, nvcc for scalars): torch rounds the product of an
+// in-place mul_ (buf.mul_(momentum), exp_avg_sq.mul_(beta2), param.mul_(1 - lr * wd)) before the next
+// operation adds to it. CPU and CUDA then evaluate the same roundings.
+template <typename T>
+FUSEDOPT_INLINE T mul_rounded(const T& a, const T& b) {
+  T product = a * b;
+#if !defined(__CUDA_ARCH__) && defined(__GNUC__)
+  __asm__("" : "+m"(product));  // opaque to the optimiser, so no contraction across it
+#endif
+  return product;
+}
+FUSEDOPT_INLINE float mul_rounded(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+FUSEDOPT_INLINE double mul_rounded(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 }  // namespace fusedopt

@@ -6,32 +6,6 @@
 
 namespace fusedopt {
 
-// a * b rounded on its own, also where it feeds an addition that the compiler would otherwise contract
-// into an fma (GCC does for SIMD registers, nvcc for scalars): torch rounds the product of buf.mul_(m)
-// before addcdiv_ adds to it.
-template <typename T>
-FUSEDOPT_INLINE T mul_rounded(const T& a, const T& b) {
-  T product = a * b;
-#if !defined(__CUDA_ARCH__) && defined(__GNUC__)
-  __asm__("" : "+m"(product));  // opaque to the optimiser, so no contraction across it
-#endif
-  return product;
-}
-FUSEDOPT_INLINE float mul_rounded(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-FUSEDOPT_INLINE double mul_rounded(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
 // Hyperparameters of one rmsprop_ call, in double so that each kernel rounds them once to its math type.
 struct RmspropHyper {
   double alpha;

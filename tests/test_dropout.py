@@ -62,6 +62,15 @@ def test_philox_known_answers(device):
         assert philox(ctr, key, device).reshape(-1).tolist() == expected
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_philox_rejects_lists_on_two_devices():
+    counters, keys = torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long)
+    for c, k in ((counters.cuda(), keys), (counters, keys.cuda())):
+        with pytest.raises(RuntimeError, match="expected both on one CUDA device"):
+            ops._philox4x32_10(c, k)
+
+
 def test_philox_agrees_with_torchs_engine():
     g = torch.Generator().manual_seed(0)
     c = torch.randint(0, 2**32, (500, 4), generator=g, dtype=torch.long)

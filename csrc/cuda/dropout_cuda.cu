@@ -145,6 +145,10 @@ at::Tensor philox_cuda(const at::Tensor& counters, const at::Tensor& keys, bool 
                   keys.scalar_type() == at::kLong && keys.dim() == 2 && keys.size(1) == 2 &&
                   keys.size(0) == counters.size(0),
               "fusedopt._philox4x32_10: counters (N, 4) and keys (N, 2) must be int64");
+  // Either on the CPU dispatches here too; the kernel would read a host pointer.
+  TORCH_CHECK(counters.is_cuda() && keys.device() == counters.device(),
+              "fusedopt._philox4x32_10: counters is on ", counters.device(), " and keys on ", keys.device(),
+              "; expected both on one CUDA device");
   const c10::cuda::CUDAGuard guard(counters.device());
   const at::Tensor c = counters.contiguous(), k = keys.contiguous();
   at::Tensor out = at::empty_like(c);

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "fusedopt/macros.h"
 
@@ -68,24 +69,16 @@ struct MathOps<double> {
 // operation adds to it. CPU and CUDA then evaluate the same roundings.
 template <typename T>
 FUSEDOPT_INLINE T mul_rounded(const T& a, const T& b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<T, float>) return __fmul_rn(a, b);
+  else if constexpr (std::is_same_v<T, double>) return __dmul_rn(a, b);
+  else return a * b;
+#else
   T product = a * b;
-#if !defined(__CUDA_ARCH__) && defined(__GNUC__)
+#if defined(__GNUC__)
   __asm__("" : "+m"(product));  // opaque to the optimiser, so no contraction across it
 #endif
   return product;
-}
-FUSEDOPT_INLINE float mul_rounded(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-FUSEDOPT_INLINE double mul_rounded(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
 #endif
 }
 

@@ -4,6 +4,8 @@ ops against torch.nn.BatchNorm*d."""
 from __future__ import annotations
 
 import copy
+import math
+import zlib
 
 import pytest
 import torch
@@ -102,7 +104,8 @@ def run_train_step(ref, ours, x, dtype, gen):
     return out_ours
 
 
-def check_module_state(ref, ours, dtype):
+def check_module_state(ref, ours, dtype, count):
+    """count: the (n, spatial) positions of a channel in the step's input."""
     # Parameters and buffers are float32 (float64 for float64 input) on both sides.
     pt = TOL[torch.float64 if dtype == torch.float64 else torch.float32]
     if dtype in HALF:
@@ -116,10 +119,12 @@ def check_module_state(ref, ours, dtype):
     if ref.num_batches_tracked is not None:
         assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked)
     if ref.affine:
-        torch.testing.assert_close(ours.weight.grad.double(), ref.weight.grad.double(),
-                                   **(pt if dtype not in HALF else dict(rtol=1e-2, atol=1e-2)), msg="grad_weight")
-        torch.testing.assert_close(ours.bias.grad.double(), ref.bias.grad.double(),
-                                   **(pt if dtype not in HALF else dict(rtol=1e-2, atol=1e-2)), msg="grad_bias")
+        # grad_weight and grad_bias are sums over every (n, spatial) position of a channel. Summed in
+        # other orders, float sums of `count` unit-scale terms differ by about eps * sqrt(count) in
+        # absolute terms, however small the sum (a grad_bias near 0 from cancellation): scale atol so.
+        gt = dict(pt, atol=pt["atol"] * math.sqrt(count)) if dtype not in HALF else dict(rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(ours.weight.grad.double(), ref.weight.grad.double(), **gt, msg="grad_weight")
+        torch.testing.assert_close(ours.bias.grad.double(), ref.bias.grad.double(), **gt, msg="grad_bias")
 
 
 def module_dtype(dtype):
@@ -131,7 +136,9 @@ def module_dtype(dtype):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_training_parity(shape, layout, dtype, device):
-    gen = torch.Generator().manual_seed(hash((shape, layout, str(dtype))) % 2**31)
+    # crc32, not hash(): hash() of strings changes with every interpreter (PYTHONHASHSEED), and with it
+    # the data; a failure must reproduce.
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, layout, str(dtype))).encode()))
     ref, ours = make_pair(shape, dtype, device, gen)
     ref.to(module_dtype(dtype))
     ours.to(module_dtype(dtype))
@@ -140,7 +147,7 @@ def test_training_parity(shape, layout, dtype, device):
         ours.zero_grad()
         x = make_input(shape, dtype, device, layout, gen)
         run_train_step(ref, ours, x, dtype, gen)
-        check_module_state(ref, ours, dtype)
+        check_module_state(ref, ours, dtype, x.numel() // shape[1])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -160,7 +167,7 @@ def test_training_options(options, dtype, layout, device):
         ref.zero_grad()
         ours.zero_grad()
         run_train_step(ref, ours, make_input(shape, dtype, device, layout, gen), dtype, gen)
-        check_module_state(ref, ours, dtype)
+        check_module_state(ref, ours, dtype, math.prod(shape) // shape[1])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -176,7 +183,7 @@ def test_eval_parity(track, shape, layout, dtype, device):
     ref.to(module_dtype(dtype)).eval()
     ours.to(module_dtype(dtype)).eval()
     run_train_step(ref, ours, make_input(shape, dtype, device, layout, gen), dtype, gen)
-    check_module_state(ref, ours, dtype)
+    check_module_state(ref, ours, dtype, math.prod(shape) // shape[1])
 
 
 @pytest.mark.parametrize("device", DEVICES)

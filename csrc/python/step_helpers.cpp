@@ -57,6 +57,65 @@ std::string describe(const at::Tensor& t) {
   return os.str();
 }
 
+// ---- Skipping the state lookups of an unchanged param group ----------------------------------------
+// CPython 3.11 to 3.13 stamp every dict with a tag (ma_version_tag, PEP 509) drawn from a global
+// counter when the dict is created and whenever it is modified. So if `optimizer.state` carries the tag
+// it had when a param's state was looked up, that param still maps to the same state dict, alive
+// (the state dict holds it); if that dict carries its tag too, its values are the same objects. A
+// step of a group that lists the same param objects as the one before, with no state added, removed
+// or replaced in between (every step of a training loop after the first two), then skips the
+// lookups: a probe of the dict of all params' states and one per state key, most of collect_group's
+// cost at 20,000 params. Only the lookups are skipped: everything found is checked as before (a
+// tensor may have changed in place, e.g. through `.data`). Python 3.14 dropped the tag: there, and
+// in free-threaded builds, every step looks up.
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define FUSEDOPT_DICT_TAGS 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // ma_version_tag, from 3.12
+uint64_t dict_tag(PyObject* dict) { return reinterpret_cast<PyDictObject*>(dict)->ma_version_tag; }
+#pragma GCC diagnostic pop
+#else
+#define FUSEDOPT_DICT_TAGS 0
+#endif
+
+// What collect_group looked up for one param group, kept by the optimizer between steps. Holds no
+// references: objects are compared by address, and dereferenced only once the tags prove them alive.
+struct StateLookups {
+  std::vector<std::string> keys;
+  PyObject* state = nullptr;   // optimizer.state when recorded, and its tag then
+  uint64_t state_tag = 0;
+  std::vector<PyObject*> params;  // the group's list of params then
+  // Per position in that list: whether recorded (a param with a grad, hashed by id, whose state was
+  // missing or a dict), state[param] (null when missing), its tag, and [i * keys + s] its values.
+  std::vector<uint8_t> recorded;
+  std::vector<PyObject*> entries;
+  std::vector<uint64_t> entry_tags;
+  std::vector<PyObject*> values;
+  int64_t reuses = 0;  // steps that found this group unchanged (for tests)
+
+  // Whether what was recorded still holds for this call; if not, starts recording afresh.
+  bool reusable(PyObject* list, PyObject* state_dict, const std::vector<std::string>& call_keys) {
+#if FUSEDOPT_DICT_TAGS
+    const auto n = static_cast<size_t>(PyList_GET_SIZE(list));
+    PyObject** items = PySequence_Fast_ITEMS(list);
+    if (state == state_dict && state_tag == dict_tag(state_dict) && keys == call_keys && params.size() == n &&
+        std::equal(params.begin(), params.end(), items)) {
+      ++reuses;
+      return true;
+    }
+    keys = call_keys;
+    state = state_dict;
+    state_tag = dict_tag(state_dict);
+    params.assign(items, items + n);
+    recorded.assign(n, 0);
+    entries.assign(n, nullptr);
+    entry_tags.assign(n, 0);
+    values.assign(n * keys.size(), nullptr);
+#endif
+    return false;
+  }
+};
+
 // What collect_group reads of one block of params, gathered ahead of its checking pass
 // (metadata_prefetch.h): the params' and grads' metadata, then each param's state dict entry, its
 // table, the state objects, their TensorImpls and storages, and the values of per-param scalar states
@@ -69,9 +128,12 @@ struct BlockLookahead {
   std::vector<py::object> values;   // [i * keys + s]: entries[i][key s], else null
 };
 
+// `lookups` (may be null): the group's StateLookups, `reuse` whether its records hold for this call
+// (taken instead of looking up, per param where its state dict's tag still matches; otherwise what is
+// looked up is recorded).
 void look_ahead(PyObject* list, int64_t begin, int64_t end, PyObject* state,
                 const std::vector<py::object>& keys, const std::vector<bool>& is_scalar,
-                BlockLookahead& ahead) {
+                StateLookups* lookups, bool reuse, BlockLookahead& ahead) {
   PyObject** items = PySequence_Fast_ITEMS(list);
   const int64_t n = end - begin;
   const size_t nkeys = keys.size();
@@ -80,15 +142,39 @@ void look_ahead(PyObject* list, int64_t begin, int64_t end, PyObject* state,
   prefetch_params_and_grads(items, begin, end);
   if (nkeys == 0) return;
   for (int64_t i = 0; i < n; ++i) {  // the state entries of params with grads
-    if (grad_or_null(items[begin + i]) == nullptr) continue;
-    if (PyObject* entry = state_entry(state, items[begin + i])) {
+    PyObject* param = items[begin + i];
+    if (grad_or_null(param) == nullptr) continue;
+    PyObject* entry = nullptr;
+    if (reuse && lookups->recorded[begin + i]) {
+      entry = lookups->entries[begin + i];
+    } else {
+      entry = state_entry(state, param);
+      if (FUSEDOPT_DICT_TAGS && lookups != nullptr && hashes_by_id(param) &&
+          (entry == nullptr || PyDict_Check(entry))) {
+        lookups->recorded[begin + i] = 1;
+        lookups->entries[begin + i] = entry;
+        lookups->entry_tags[begin + i] = 0;  // values not recorded yet (tags are never 0)
+      }
+    }
+    if (entry != nullptr) {
       prefetch(entry);
       ahead.entries[i] = py::reinterpret_borrow<py::object>(entry);
     }
   }
-  for (int64_t i = 0; i < n; ++i) {  // their tables
+  // Per param: whether the recorded values hold (its state dict unchanged since they were recorded).
+  std::vector<uint8_t> recorded_values(n, 0);
+  for (int64_t i = 0; i < n; ++i) {  // their tables, or the recorded values
     PyObject* entry = ahead.entries[i].ptr();
     if (entry == nullptr || !PyDict_Check(entry)) continue;
+#if FUSEDOPT_DICT_TAGS
+    if (reuse && lookups->recorded[begin + i] && lookups->entry_tags[begin + i] == dict_tag(entry)) {
+      recorded_values[i] = 1;
+      for (size_t s = 0; s < nkeys; ++s) {
+        if (PyObject* value = lookups->values[(begin + i) * nkeys + s]) prefetch(value);
+      }
+      continue;
+    }
+#endif
     const auto* dict = reinterpret_cast<const PyDictObject*>(entry);
     prefetch_bytes(dict->ma_keys, 128);
     if (dict->ma_values != nullptr) prefetch(dict->ma_values);
@@ -96,8 +182,21 @@ void look_ahead(PyObject* list, int64_t begin, int64_t end, PyObject* state,
   for (int64_t i = 0; i < n; ++i) {  // the state objects
     PyObject* entry = ahead.entries[i].ptr();
     if (entry == nullptr || !PyDict_Check(entry)) continue;
+    PyObject** recorded = lookups != nullptr ? lookups->values.data() + (begin + i) * nkeys : nullptr;
+    if (recorded_values[i]) {
+      for (size_t s = 0; s < nkeys; ++s) {
+        if (recorded[s] != nullptr) ahead.values[i * nkeys + s] = py::reinterpret_borrow<py::object>(recorded[s]);
+      }
+      continue;
+    }
+    const bool record = lookups != nullptr && lookups->recorded[begin + i];
+#if FUSEDOPT_DICT_TAGS
+    if (record) lookups->entry_tags[begin + i] = dict_tag(entry);  // read before the lookups
+#endif
     for (size_t s = 0; s < nkeys; ++s) {
-      if (PyObject* value = PyDict_GetItem(entry, keys[s].ptr())) {  // borrowed
+      PyObject* value = PyDict_GetItem(entry, keys[s].ptr());  // borrowed
+      if (record) recorded[s] = value;
+      if (value != nullptr) {
         prefetch(value);
         ahead.values[i * nkeys + s] = py::reinterpret_borrow<py::object>(value);
       }
@@ -122,10 +221,11 @@ void look_ahead(PyObject* list, int64_t begin, int64_t end, PyObject* state,
 // their state tensors under `keys`, and notes what needs a layout repair. Raises, naming `where` and
 // the param's index in the group, for what no fused kernel can take: sparse grads, complex or
 // non-floating params, a grad of another dtype/shape/device, a param with gaps in its memory; a
-// state tensor of another shape than its param is reported in bad_state. Modifies nothing.
+// state tensor of another shape than its param is reported in bad_state. Modifies nothing but
+// `lookups` (may be null), the group's lookups kept between steps (StateLookups).
 CollectedGroup collect_group(const py::list& group_params, const py::dict& state,
                              const std::vector<std::string>& keys, const std::string& where,
-                             const std::vector<std::string>& scalar_keys) {
+                             const std::vector<std::string>& scalar_keys, StateLookups* lookups) {
   CollectedGroup out;
   out.keys = keys;
   out.scalar_keys = scalar_keys;
@@ -141,13 +241,14 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
   out.params.reserve(n);
   out.grads.reserve(n);
   for (auto& s : out.states) s.reserve(n);
+  const bool reuse = lookups != nullptr && lookups->reusable(group_params.ptr(), state.ptr(), keys);
   BlockLookahead ahead;
   int64_t block_begin = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (i % kPrefetchBlock == 0) {
       block_begin = i;
       look_ahead(group_params.ptr(), i, std::min(n, i + kPrefetchBlock), state.ptr(), key_objects,
-                 is_scalar, ahead);
+                 is_scalar, lookups, reuse, ahead);
     }
     PyObject* obj = PyList_GET_ITEM(group_params.ptr(), i);
     if (!THPVariable_Check(obj)) fail(where, i, "is not a tensor");
@@ -270,8 +371,17 @@ void add_step_helpers(py::module& m) {
         for (auto& part : g.by_device()) out.append(py::cast(std::move(part)));
         return out;
       }, "One group per device, in order of first appearance (the group itself when it has one).");
+  py::class_<StateLookups>(m, "StateLookups",
+                           "What collect_group looked up for one param group, kept between steps to "
+                           "skip the lookups while the group and its state are unchanged.")
+      .def(py::init<>())
+      .def_property_readonly("reuses", [](const StateLookups& l) { return l.reuses; },
+                             "Calls that found the group and the state dict unchanged.")
+      .def_property_readonly_static("supported", [](py::object) { return FUSEDOPT_DICT_TAGS != 0; },
+                                    "Whether this Python has dict tags (3.11 to 3.13).");
   m.def("collect_group", &collect_group, py::arg("params"), py::arg("state"), py::arg("keys"),
         py::arg("where"), py::arg("scalar_keys") = std::vector<std::string>{},
+        py::arg("lookups") = static_cast<StateLookups*>(nullptr),
         "Check and collect a param group in one pass (see step_helpers.cpp). States under scalar_keys "
         "(e.g. 'step') are collected without comparing their shape to the param's.");
   add_sgd_step(m);

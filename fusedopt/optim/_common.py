@@ -18,13 +18,24 @@ def collect(optimizer, name: str, group_index: int, keys: tuple[str, ...],
     the group and param) before anything is modified when the fused kernels cannot take it."""
     where = f"{name}: param group {group_index}"
     collected = _C.collect_group(optimizer.param_groups[group_index]["params"], optimizer.state,
-                                 list(keys), where, list(scalar_keys))
+                                 list(keys), where, list(scalar_keys), _state_lookups(optimizer, group_index))
     if collected.bad_state is not None:
         index, key, state_shape, param_shape = collected.bad_state
         raise ValueError(
             f"{where}, param {index}: state '{key}' has shape {tuple(state_shape)} but the parameter "
             f"has shape {tuple(param_shape)}; was the state_dict saved for a different model?")
     return collected
+
+
+def _state_lookups(optimizer, group_index: int) -> "_C.StateLookups":
+    """The group's lookups kept between steps (``_C.StateLookups``: they hold no references and prove
+    themselves current on each use). Kept in the optimizer's ``__dict__``, outside what
+    ``torch.optim.Optimizer.__getstate__`` returns, so pickling, deepcopy and state_dict never see it."""
+    kept = optimizer.__dict__.setdefault("_fusedopt_state_lookups", {})
+    lookups = kept.get(group_index)
+    if lookups is None:
+        lookups = kept[group_index] = _C.StateLookups()
+    return lookups
 
 
 def _same_layout(t: Tensor, p: Tensor, dtype: torch.dtype) -> bool:

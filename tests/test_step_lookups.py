@@ -1,0 +1,237 @@
+"""The state lookups a step keeps for the next (``_C.StateLookups``, csrc/python/step_helpers.cpp): while
+a group lists the same params and no state was added, removed or replaced, a step takes state[param][key]
+from the last step instead of looking it up. Every way of changing the group or its state between
+steps must be seen: each scenario below runs against torch.optim's single-tensor Adam doing the same,
+after enough steps for the kept lookups to be in use."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+import fusedopt
+from conftest import assert_close
+from optim_parity import assert_unchanged, snapshot
+
+SUPPORTED = fusedopt._C.StateLookups.supported
+WARM_STEPS = 4  # the first step creates state, the second records the group as it then is
+
+
+def _lookups(opt, group=0):
+    return opt.__dict__["_fusedopt_state_lookups"][group]
+
+
+def _pair(n=6, seed=0, **kwargs):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(5,), (3, 4), (), (17,), (2, 3, 2), (9,)][:n]
+    ours = [torch.randn(s, generator=g) for s in shapes]
+    refs = [p.clone() for p in ours]
+    return ours, refs, fusedopt.optim.Adam(ours, lr=0.05, **kwargs), torch.optim.Adam(refs, lr=0.05, foreach=False,
+                                                                                      **kwargs)
+
+
+def _step(ours, refs, opt, ref, gen, skip=()):
+    for i, (p, q) in enumerate(zip(ours, refs)):
+        g = torch.randn(p.shape, generator=gen)
+        p.grad, q.grad = (None, None) if i in skip else (g, g.clone())
+    opt.step()
+    ref.step()
+
+
+def _assert_same(ours, refs, opt, ref):
+    for p, q in zip(ours, refs):
+        assert_close(p, q, torch.float32)
+        assert opt.state[p].keys() == ref.state[q].keys()
+        for key, value in ref.state[q].items():
+            assert_close(opt.state[p][key], value, torch.float32, msg=key)
+
+
+def _replace_state_tensor(ours, refs, opt, ref):
+    opt.state[ours[1]]["exp_avg"] = torch.full_like(ours[1], 0.5)
+    ref.state[refs[1]]["exp_avg"] = torch.full_like(refs[1], 0.5)
+
+
+def _replace_step_count(ours, refs, opt, ref):
+    opt.state[ours[2]]["step"] = torch.tensor(100.0)
+    ref.state[refs[2]]["step"] = torch.tensor(100.0)
+
+
+def _delete_state(ours, refs, opt, ref):
+    del opt.state[ours[0]]
+    del ref.state[refs[0]]
+
+
+def _clear_one_state(ours, refs, opt, ref):
+    opt.state[ours[3]].clear()
+    ref.state[refs[3]].clear()
+
+
+def _new_state_dict(ours, refs, opt, ref):
+    opt.state[ours[4]] = {k: v.clone() + 1 for k, v in opt.state[ours[4]].items()}
+    ref.state[refs[4]] = {k: v.clone() + 1 for k, v in ref.state[refs[4]].items()}
+
+
+def _data_swapped_in_place(ours, refs, opt, ref):
+    # Same Python object, new storage: the kernels must write the new one.
+    for o, state, p in ((opt, opt.state, ours[5]), (ref, ref.state, refs[5])):
+        state[p]["exp_avg_sq"].data = torch.full_like(p, 2.0)
+
+
+def _load_torch_state_dict(ours, refs, opt, ref):
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+
+
+def _params_reordered(ours, refs, opt, ref):
+    opt.param_groups[0]["params"].reverse()
+    ref.param_groups[0]["params"].reverse()
+
+
+def _param_replaced(ours, refs, opt, ref):
+    fresh = torch.randn(ours[1].shape)
+    ours[1] = fresh
+    refs[1] = fresh.clone()
+    opt.param_groups[0]["params"][1] = ours[1]
+    ref.param_groups[0]["params"][1] = refs[1]
+
+
+def _param_added_to_group(ours, refs, opt, ref):
+    extra = torch.randn(4)
+    ours.append(extra)
+    refs.append(extra.clone())
+    opt.param_groups[0]["params"].append(ours[-1])
+    ref.param_groups[0]["params"].append(refs[-1])
+
+
+def _param_group_added(ours, refs, opt, ref):
+    extra = torch.randn(3, 3)
+    ours.append(extra)
+    refs.append(extra.clone())
+    opt.add_param_group({"params": [ours[-1]], "lr": 0.01})
+    ref.add_param_group({"params": [refs[-1]], "lr": 0.01})
+
+
+def _state_read_for_a_param_without_state(ours, refs, opt, ref):
+    # optimizer.state is a defaultdict: reading it for a new key inserts an empty dict.
+    extra = torch.randn(2)
+    opt.state[extra]
+    ref.state[extra]
+
+
+def _amsgrad_switched_on(ours, refs, opt, ref):
+    # Another set of state keys: max_exp_avg_sq is created, as torch does.
+    opt.param_groups[0]["amsgrad"] = True
+    ref.param_groups[0]["amsgrad"] = True
+
+
+SCENARIOS = [_replace_state_tensor, _replace_step_count, _delete_state, _clear_one_state, _new_state_dict,
+             _data_swapped_in_place, _load_torch_state_dict, _params_reordered, _param_replaced,
+             _param_added_to_group, _param_group_added, _state_read_for_a_param_without_state]
+
+
+@pytest.mark.parametrize("change", SCENARIOS, ids=[f.__name__.strip("_") for f in SCENARIOS])
+def test_changes_between_steps_are_seen(change):
+    ours, refs, opt, ref = _pair()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(WARM_STEPS):
+        _step(ours, refs, opt, ref, gen)
+    if SUPPORTED:
+        assert _lookups(opt).reuses == WARM_STEPS - 2
+    change(ours, refs, opt, ref)
+    for _ in range(3):
+        _step(ours, refs, opt, ref, gen)
+        _assert_same(ours, refs, opt, ref)
+
+
+def test_amsgrad_switched_on_mid_training():
+    ours, refs, opt, ref = _pair()
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(WARM_STEPS):
+        _step(ours, refs, opt, ref, gen)
+    _amsgrad_switched_on(ours, refs, opt, ref)
+    # torch raises KeyError for the missing max_exp_avg_sq (it creates state only on a param's first
+    # step); fusedopt creates it as torch would have, zeros: given those, both agree.
+    for q in refs:
+        ref.state[q]["max_exp_avg_sq"] = torch.zeros_like(q)
+    for _ in range(3):
+        _step(ours, refs, opt, ref, gen)
+        _assert_same(ours, refs, opt, ref)
+
+
+def test_params_without_grads_on_some_steps():
+    ours, refs, opt, ref = _pair()
+    gen = torch.Generator().manual_seed(3)
+    plan = [(), (), (), (1, 4), (1, 4), (), (0,), (), ()]
+    for skip in plan:
+        _step(ours, refs, opt, ref, gen, skip=skip)
+        _assert_same(ours, refs, opt, ref)
+    if SUPPORTED:
+        assert _lookups(opt).reuses >= 4
+
+
+def test_state_of_wrong_shape_put_in_after_steps_is_rejected_before_any_update():
+    ours, refs, opt, ref = _pair()
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(WARM_STEPS):
+        _step(ours, refs, opt, ref, gen)
+    opt.state[ours[3]]["exp_avg_sq"] = torch.zeros(5)
+    for p in ours:
+        p.grad = torch.randn(p.shape)
+    snap = snapshot(opt)
+    with pytest.raises(ValueError, match="param 3: state 'exp_avg_sq' has shape"):
+        opt.step()
+    assert_unchanged(opt, snap)
+
+
+def test_state_resized_in_place_after_steps_is_rejected_before_any_update():
+    # Same object and dict, so the kept lookup holds; the tensor itself is checked again every step.
+    ours, refs, opt, ref = _pair()
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(WARM_STEPS):
+        _step(ours, refs, opt, ref, gen)
+    opt.state[ours[0]]["exp_avg"].data = torch.zeros(7)
+    for p in ours:
+        p.grad = torch.randn(p.shape)
+    snap = snapshot(opt)
+    with pytest.raises(ValueError, match="param 0: state 'exp_avg' has shape"):
+        opt.step()
+    assert_unchanged(opt, snap)
+
+
+def test_kept_lookups_stay_out_of_state_dict_pickle_and_copies():
+    ours, refs, opt, ref = _pair()
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(WARM_STEPS):
+        _step(ours, refs, opt, ref, gen)
+    assert "_fusedopt_state_lookups" not in str(opt.state_dict().keys())
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert "_fusedopt_state_lookups" not in clone.__dict__
+        params = clone.param_groups[0]["params"]
+        for p in params:
+            p.grad = torch.ones(p.shape)
+        before = [clone.state[p]["exp_avg"].clone() for p in params]
+        clone.step()
+        clone.step()
+        for p, b in zip(params, before):
+            assert not torch.equal(clone.state[p]["exp_avg"], b)
+
+
+@pytest.mark.skipif(not SUPPORTED, reason="this Python has no dict tags (3.14+ or free-threaded)")
+def test_lookups_are_reused_only_while_nothing_changed():
+    ours, refs, opt, ref = _pair()
+    gen = torch.Generator().manual_seed(7)
+    counts = []
+    for i in range(8):
+        if i == 5:
+            _replace_state_tensor(ours, refs, opt, ref)  # one param's dict: the group is still reused
+        if i == 6:
+            _delete_state(ours, refs, opt, ref)  # the state dict itself: not reused, state created again
+        _step(ours, refs, opt, ref, gen)
+        counts.append(_lookups(opt).reuses)
+    # step 0 creates state, 1 records, 2-5 reuse, 6 finds state changed, 7 records again (6 created state).
+    assert counts == [0, 0, 1, 2, 3, 4, 4, 4]
+    _step(ours, refs, opt, ref, gen)
+    assert _lookups(opt).reuses == 5
+    _assert_same(ours, refs, opt, ref)

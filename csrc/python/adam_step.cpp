@@ -17,13 +17,13 @@ void adam_group(const CollectedGroup& g, double lr, const std::optional<at::Tens
   const auto& op = op_signatures::typed_op<op_signatures::kAdamName, op_signatures::Adam>();
   const std::vector<at::Tensor> none;
   const auto& states = g.states;
-  const std::vector<at::Tensor>& max_sqs = amsgrad ? states.at(g.key_index("max_exp_avg_sq")) : none;
-  const std::vector<at::Tensor>& masters = master_weights ? states.at(g.key_index("master_param")) : none;
-  const std::vector<at::Tensor>& exp_avgs = states.at(g.key_index("exp_avg"));
-  const std::vector<at::Tensor>& exp_avg_sqs = states.at(g.key_index("exp_avg_sq"));
-  const std::vector<at::Tensor>& steps = states.at(g.key_index("step"));
+  const std::vector<at::Tensor>& max_sqs = amsgrad ? states.at(g.key_index("max_exp_avg_sq")).tensors() : none;
+  const std::vector<at::Tensor>& masters = master_weights ? states.at(g.key_index("master_param")).tensors() : none;
+  const std::vector<at::Tensor>& exp_avgs = states.at(g.key_index("exp_avg")).tensors();
+  const std::vector<at::Tensor>& exp_avg_sqs = states.at(g.key_index("exp_avg_sq")).tensors();
+  const std::vector<at::Tensor>& steps = states.at(g.key_index("step")).tensors();
   py::gil_scoped_release no_gil;
-  op.call(g.params, g.grads, exp_avgs, exp_avg_sqs, max_sqs, steps, lr, beta1, beta2, eps,
+  op.call(g.params.tensors(), g.grads.tensors(), exp_avgs, exp_avg_sqs, max_sqs, steps, lr, beta1, beta2, eps,
           weight_decay, amsgrad, maximize, decoupled_weight_decay, masters, lr_tensor, grad_scale,
           found_inf, write_grads);
 }

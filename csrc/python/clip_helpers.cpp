@@ -119,7 +119,7 @@ py::object collected_total_norm(const std::vector<const CollectedGroup*>& groups
     joined.reserve(count);
     for (const CollectedGroup* g : groups) joined.insert(joined.end(), g->grads.begin(), g->grads.end());
   }
-  const std::vector<at::Tensor>& grads = groups.size() > 1 ? joined : groups[0]->grads;
+  const std::vector<at::Tensor>& grads = groups.size() > 1 ? joined : groups[0]->grads.tensors();
   at::Tensor total;
   {
     py::gil_scoped_release no_gil;

@@ -17,6 +17,100 @@ namespace fusedopt::python {
 
 namespace py = pybind11;
 
+// The tensors of one list of a CollectedGroup, for an op call: each either owned (a reference counted
+// here) or borrowed from a Python tensor object that the group itself keeps alive. Borrowing is what
+// makes a group cheap: a tensor that only its Python object references counts a C++ reference as
+// the PyObject's too (the TensorImpl takes a reference to the object on the count's step from 1 to 2,
+// and gives it back under the GIL on the step down), which made taking and dropping references a
+// third of collect_group's time at 20,000 params. Copies of a TensorRefs own all their tensors.
+class TensorRefs {
+ public:
+  TensorRefs() = default;
+  TensorRefs(const TensorRefs& other) : tensors_(other.tensors_), borrowed_(other.tensors_.size(), 0) {}
+  TensorRefs(TensorRefs&& other) noexcept
+      : tensors_(std::move(other.tensors_)), borrowed_(std::move(other.borrowed_)) {
+    other.tensors_.clear();
+    other.borrowed_.clear();
+  }
+  TensorRefs& operator=(const TensorRefs& other) {
+    if (this != &other) {
+      clear();
+      tensors_ = other.tensors_;
+      borrowed_.assign(tensors_.size(), 0);
+    }
+    return *this;
+  }
+  TensorRefs& operator=(TensorRefs&& other) noexcept {
+    if (this != &other) {
+      clear();
+      tensors_ = std::move(other.tensors_);
+      borrowed_ = std::move(other.borrowed_);
+      other.tensors_.clear();
+      other.borrowed_.clear();
+    }
+    return *this;
+  }
+  ~TensorRefs() { clear(); }
+
+  // The op's argument (valid while this lives and is not modified).
+  const std::vector<at::Tensor>& tensors() const { return tensors_; }
+  size_t size() const { return tensors_.size(); }
+  const at::Tensor& operator[](size_t i) const { return tensors_[i]; }
+  const at::Tensor& at(size_t i) const { return tensors_.at(i); }
+  const at::Tensor& back() const { return tensors_.back(); }
+  std::vector<at::Tensor>::const_iterator begin() const { return tensors_.begin(); }
+  std::vector<at::Tensor>::const_iterator end() const { return tensors_.end(); }
+  void reserve(size_t n) {
+    tensors_.reserve(n);
+    borrowed_.reserve(n);
+  }
+
+  void push_owned(at::Tensor t) {
+    tensors_.push_back(std::move(t));
+    borrowed_.push_back(0);
+  }
+  // `t` must stay alive, unchanged in identity, as long as this list holds it.
+  void push_borrowed(const at::Tensor& t) {
+    tensors_.push_back(c10::MaybeOwnedTraits<at::Tensor>::createBorrow(t));
+    borrowed_.push_back(1);
+  }
+  void set_owned(size_t i, at::Tensor t) {
+    TORCH_CHECK(i < tensors_.size(), "index ", i, " out of range");
+    forget(i);
+    tensors_[i] = std::move(t);
+  }
+
+  // Drops every reference, owned ones with their TensorImpls' counts prefetched for writing a few
+  // tensors ahead: a group is dropped at the end of step(), after the update has streamed every
+  // array through the caches, and each release is an atomic decrement that waits for its miss
+  // before the next starts (a plain release of 10,000 tensors cost ~1.3 ms of misses in a row).
+  void clear() {
+    constexpr size_t kAhead = 16;
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      const size_t next = i + kAhead;
+      if (next < tensors_.size() && !borrowed_[next] && tensors_[next].defined()) {
+        __builtin_prefetch(tensors_[next].unsafeGetTensorImpl(), 1, 3);
+      }
+      forget(i);
+      tensors_[i].reset();
+    }
+    tensors_.clear();
+    borrowed_.clear();
+  }
+
+ private:
+  // A borrowed entry becomes an undefined (owned) one without touching the count.
+  void forget(size_t i) {
+    if (borrowed_[i]) {
+      c10::MaybeOwnedTraits<at::Tensor>::destroyBorrow(tensors_[i]);
+      borrowed_[i] = 0;
+    }
+  }
+
+  std::vector<at::Tensor> tensors_;
+  std::vector<uint8_t> borrowed_;
+};
+
 // How a collected per-param scalar state (a step count) suits the kernels: as it is; to be moved or
 // retyped first (they take a float32 0-dim tensor on the param's device; torch's non-fused optimizers
 // keep steps on the CPU); or not at all (not a single value).
@@ -50,11 +144,14 @@ struct ScalarCheck {
 
 // The params of one param group that have a grad, with their grads and state tensors.
 struct CollectedGroup {
-  py::list param_objects;            // the Python params, for writing state back
-  std::vector<at::Tensor> params;
-  std::vector<at::Tensor> grads;
+  // The Python params (for writing state back) and state objects: they keep alive the tensors that
+  // params and states borrow. Declared before the lists, so destroyed after them.
+  py::list param_objects;
+  py::list state_objects;
+  TensorRefs params;
+  TensorRefs grads;  // owned: a grad is held by its param, which could drop it
   std::vector<std::string> keys;
-  std::vector<std::vector<at::Tensor>> states;  // [key][i]; undefined where missing
+  std::vector<TensorRefs> states;  // [key][i]; undefined where missing
   // Keys whose state is a per-param scalar (e.g. 'step'): not shape-checked, never layout-repaired.
   std::vector<std::string> scalar_keys;
   // [key]: scalar_fit of a scalar key's states, taken by collect_group as it collects them (so the
@@ -68,13 +165,6 @@ struct CollectedGroup {
   // raises ValueError. (Returned rather than thrown: a C++ exception meant to become ValueError
   // crashed the interpreter under torch 2.11 / Python 3.12.)
   std::optional<std::tuple<int64_t, std::string, std::vector<int64_t>, std::vector<int64_t>>> bad_state;
-
-  CollectedGroup() = default;
-  CollectedGroup(const CollectedGroup&) = default;
-  CollectedGroup(CollectedGroup&&) = default;
-  CollectedGroup& operator=(const CollectedGroup&) = default;
-  CollectedGroup& operator=(CollectedGroup&&) = default;
-  ~CollectedGroup() { release_tensors(); }
 
   int64_t size() const { return static_cast<int64_t>(params.size()); }
 
@@ -113,9 +203,9 @@ struct CollectedGroup {
     for (int64_t i : indices) {
       TORCH_CHECK(i >= 0 && i < size(), "index ", i, " out of range");
       out.param_objects.append(param_objects[i]);
-      out.params.push_back(params[i]);
-      out.grads.push_back(grads[i]);
-      for (size_t k = 0; k < keys.size(); ++k) out.states[k].push_back(states[k][i]);
+      out.params.push_owned(params[i]);
+      out.grads.push_owned(grads[i]);
+      for (size_t k = 0; k < keys.size(); ++k) out.states[k].push_owned(states[k][i]);
       if (std::find(out.devices.begin(), out.devices.end(), params[i].device()) == out.devices.end()) {
         out.devices.push_back(params[i].device());
       }
@@ -137,29 +227,7 @@ struct CollectedGroup {
     return out;
   }
 
-  std::vector<at::Tensor>& state_tensors(const std::string& key) { return states[key_index(key)]; }
-
- private:
-  // Drops the references with the TensorImpls' refcounts prefetched for writing a few tensors ahead.
-  // A group is dropped at the end of step(), after the update has streamed every array through the
-  // caches; each release is an atomic decrement, which waits for its cache miss before the next
-  // starts, so a plain release of 10,000 tensors cost ~1.3 ms of misses in a row.
-  static void release(std::vector<at::Tensor>& tensors) {
-    constexpr size_t kAhead = 16;
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      if (i + kAhead < tensors.size() && tensors[i + kAhead].defined()) {
-        __builtin_prefetch(tensors[i + kAhead].unsafeGetTensorImpl(), 1, 3);
-      }
-      tensors[i].reset();
-    }
-    tensors.clear();
-  }
-
-  void release_tensors() {
-    release(params);
-    release(grads);
-    for (auto& list : states) release(list);
-  }
+  TensorRefs& state_tensors(const std::string& key) { return states[key_index(key)]; }
 };
 
 // Registers each family's launchers on the module (definitions in csrc/python/<family>_step.cpp).

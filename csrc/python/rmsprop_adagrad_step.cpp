@@ -17,12 +17,12 @@ void rmsprop_group(const CollectedGroup& g, double lr, const OptTensor& lr_tenso
                    const OptTensor& grad_scale, const OptTensor& found_inf, bool write_grads) {
   const auto& op = op_signatures::typed_op<op_signatures::kRmspropName, op_signatures::Rmsprop>();
   const std::vector<at::Tensor> none;
-  const auto& steps = g.states.at(g.key_index("step"));
-  const auto& square_avgs = g.states.at(g.key_index("square_avg"));
-  const auto& bufs = momentum > 0 ? g.states.at(g.key_index("momentum_buffer")) : none;
-  const auto& grad_avgs = centered ? g.states.at(g.key_index("grad_avg")) : none;
+  const auto& steps = g.states.at(g.key_index("step")).tensors();
+  const auto& square_avgs = g.states.at(g.key_index("square_avg")).tensors();
+  const auto& bufs = momentum > 0 ? g.states.at(g.key_index("momentum_buffer")).tensors() : none;
+  const auto& grad_avgs = centered ? g.states.at(g.key_index("grad_avg")).tensors() : none;
   py::gil_scoped_release no_gil;
-  op.call(g.params, g.grads, square_avgs, bufs, grad_avgs, steps, lr, alpha, eps, weight_decay, momentum,
+  op.call(g.params.tensors(), g.grads.tensors(), square_avgs, bufs, grad_avgs, steps, lr, alpha, eps, weight_decay, momentum,
           centered, maximize, lr_tensor, grad_scale, found_inf, write_grads);
 }
 
@@ -31,10 +31,10 @@ void adagrad_group(const CollectedGroup& g, double lr, const OptTensor& lr_tenso
                    double weight_decay, double eps, bool maximize, const OptTensor& grad_scale,
                    const OptTensor& found_inf, bool write_grads) {
   const auto& op = op_signatures::typed_op<op_signatures::kAdagradName, op_signatures::Adagrad>();
-  const auto& steps = g.states.at(g.key_index("step"));
-  const auto& sums = g.states.at(g.key_index("sum"));
+  const auto& steps = g.states.at(g.key_index("step")).tensors();
+  const auto& sums = g.states.at(g.key_index("sum")).tensors();
   py::gil_scoped_release no_gil;
-  op.call(g.params, g.grads, sums, steps, lr, lr_decay, weight_decay, eps, maximize, lr_tensor, grad_scale,
+  op.call(g.params.tensors(), g.grads.tensors(), sums, steps, lr, lr_decay, weight_decay, eps, maximize, lr_tensor, grad_scale,
           found_inf, write_grads);
 }
 

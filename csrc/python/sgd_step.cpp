@@ -14,9 +14,9 @@ void sgd_group(const CollectedGroup& g, double lr, const std::optional<at::Tenso
                const std::optional<at::Tensor>& found_inf, bool write_grads) {
   const auto& op = op_signatures::typed_op<op_signatures::kSgdName, op_signatures::Sgd>();
   const std::vector<at::Tensor> none;
-  const std::vector<at::Tensor>& bufs = momentum != 0 ? g.states.at(0) : none;
+  const std::vector<at::Tensor>& bufs = momentum != 0 ? g.states.at(0).tensors() : none;
   py::gil_scoped_release no_gil;
-  op.call(g.params, g.grads, bufs, lr, weight_decay, momentum, dampening, nesterov, maximize,
+  op.call(g.params.tensors(), g.grads.tensors(), bufs, lr, weight_decay, momentum, dampening, nesterov, maximize,
           is_first_step, lr_tensor, grad_scale, found_inf, write_grads);
 }
 

@@ -290,12 +290,17 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
                         : entry && PyDict_Check(entry) ? PyDict_GetItem(entry, key_objects[s].ptr())
                                                        : nullptr;
       if (value == nullptr || !THPVariable_Check(value)) {
-        out.states[s].emplace_back();
+        out.states[s].push_owned(at::Tensor());
         continue;
       }
       const at::Tensor& t_arg = THPVariable_Unpack(value);
       if (is_scalar[s]) {
-        out.states[s].push_back(local_or_self(t_arg));
+        if (is_dtensor(t_arg)) {
+          out.states[s].push_owned(local_or_self(t_arg));
+        } else {
+          out.state_objects.append(py::handle(value));
+          out.states[s].push_borrowed(t_arg);
+        }
         out.scalar_checks[s].add(out.size(), out.states[s].back(), p.device());
         continue;
       }
@@ -311,14 +316,20 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
           !t.is_non_overlapping_and_dense() || !same_memory_order(p, t)) {
         out.state_fixes.emplace_back(static_cast<int64_t>(s), k);
       }
-      out.states[s].push_back(t);
+      if (state_sharded) {
+        out.states[s].push_owned(local);
+      } else {
+        out.state_objects.append(py::handle(value));
+        out.states[s].push_borrowed(t);
+      }
     }
     if (std::find(out.devices.begin(), out.devices.end(), p.device()) == out.devices.end()) {
       out.devices.push_back(p.device());
     }
     out.param_objects.append(py::handle(obj));
-    out.params.push_back(p);
-    out.grads.push_back(g);
+    if (sharded) out.params.push_owned(p);
+    else out.params.push_borrowed(p);
+    out.grads.push_owned(g);
   }
   for (size_t s = 0; s < keys.size(); ++s) out.scalar_checks[s].valid = is_scalar[s];
   return out;
@@ -332,7 +343,7 @@ void add_step_helpers(py::module& m) {
                              "tensors, checked (see collect_group).")
       .def("__len__", &CollectedGroup::size)
       .def_property_readonly("params", [](const CollectedGroup& g) { return g.param_objects; })
-      .def_property_readonly("grads", [](const CollectedGroup& g) { return g.grads; })
+      .def_property_readonly("grads", [](const CollectedGroup& g) { return g.grads.tensors(); })
       .def_property_readonly("keys", [](const CollectedGroup& g) { return g.keys; })
       .def_property_readonly("grad_fixes", [](const CollectedGroup& g) { return g.grad_fixes; })
       .def_property_readonly("state_fixes", [](const CollectedGroup& g) { return g.state_fixes; })
@@ -354,9 +365,9 @@ void add_step_helpers(py::module& m) {
       .def("missing", &CollectedGroup::missing, py::arg("key"), "Indices whose state key is missing.")
       .def("local_param", [](const CollectedGroup& g, int64_t i) { return g.params.at(i); },
            "The tensor the kernel updates for param i: the param, or a DTensor's local shard.")
-      .def("set_grad", [](CollectedGroup& g, int64_t i, const at::Tensor& t) { g.grads.at(i) = local_or_self(t); })
+      .def("set_grad", [](CollectedGroup& g, int64_t i, const at::Tensor& t) { g.grads.set_owned(i, local_or_self(t)); })
       .def("set_state", [](CollectedGroup& g, const std::string& key, int64_t i, const at::Tensor& t) {
-        g.state_tensors(key).at(i) = local_or_self(t);
+        g.state_tensors(key).set_owned(i, local_or_self(t));
         g.scalar_checks.at(g.key_index(key)).valid = false;
       })
       .def("select", &CollectedGroup::select, py::arg("indices"))

@@ -64,6 +64,15 @@ void check_entries(const char* op, std::initializer_list<NamedTensorList> lists,
 
 }  // namespace
 
+void for_entry_blocks(size_t n, const std::function<void(size_t, size_t)>& fn) {
+  if (n >= kParallelCheckMin && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    at::parallel_for(0, static_cast<int64_t>(n), kParallelCheckGrain,
+                     [&](int64_t begin, int64_t end) { fn(static_cast<size_t>(begin), static_cast<size_t>(end)); });
+  } else if (n > 0) {
+    fn(0, n);
+  }
+}
+
 void check_tensor_lists(const char* op, std::initializer_list<NamedTensorList> lists) {
   TORCH_CHECK(lists.size() > 0, op, ": no tensor lists given");
   const NamedTensorList& ref = *lists.begin();

@@ -4,6 +4,7 @@
 
 #include "common/adam_checks.h"
 #include "cpu/kernels/adam_kernels.h"
+#include "cpu/step_counts.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -18,8 +19,6 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                     master_params, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
   if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;  // GradScaler: skip step
-  // torch: step_t += 1 (float32), then the bias corrections use the new count.
-  for (const at::Tensor& s : state_steps) *s.data_ptr<float>() += 1.0f;
   AdamCpuArgs args;
   args.hyper = AdamHyper{beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
@@ -27,9 +26,10 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
-  FUSEDOPT_CPU_KERNEL(adam_kernel)(make_lists_view<7>({params, grads, exp_avgs, exp_avg_sqs,
-                                                       max_exp_avg_sqs, state_steps, master_params}),
-                                   args);
+  const auto view = make_lists_view<7>({params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+                                        master_params});
+  increment_step_counts(view, kAdamStepList);
+  FUSEDOPT_CPU_KERNEL(adam_kernel)(view, args);
 }
 
 }  // namespace

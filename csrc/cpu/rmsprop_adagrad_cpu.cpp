@@ -4,16 +4,11 @@
 
 #include "common/rmsprop_adagrad_checks.h"
 #include "common/tensor_lists.h"
+#include "cpu/step_counts.h"
 #include "cpu/kernels/rmsprop_adagrad_kernels.h"
 
 namespace fusedopt::cpu {
 namespace {
-
-// Each param's step count goes up by one before its update (torch: step_t += 1 first), also for empty
-// params, which the kernels never visit.
-void increment_steps(at::TensorList state_steps) {
-  for (const at::Tensor& s : state_steps) *s.data_ptr<float>() += 1.0f;
-}
 
 void rmsprop_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                  at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList state_steps,
@@ -25,7 +20,7 @@ void rmsprop_cpu(at::TensorList params, at::TensorList grads, at::TensorList squ
                        centered, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
   if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;  // GradScaler: skip step
-  increment_steps(state_steps);
+  increment_step_counts(state_steps);
   RmspropCpuArgs args;
   args.hyper = RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize};
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
@@ -47,14 +42,15 @@ void adagrad_cpu(at::TensorList params, at::TensorList grads, at::TensorList sta
   check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
   if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;
-  increment_steps(state_steps);
   AdagradCpuArgs args;
   args.hyper = AdagradHyper{lr_decay, weight_decay, eps, maximize};
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
-  FUSEDOPT_CPU_KERNEL(adagrad_kernel)(make_lists_view<4>({params, grads, state_sums, state_steps}), args);
+  const auto view = make_lists_view<4>({params, grads, state_sums, state_steps});
+  increment_step_counts(view, 3);
+  FUSEDOPT_CPU_KERNEL(adagrad_kernel)(view, args);
 }
 
 }  // namespace

@@ -112,9 +112,6 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   const c10::cuda::CUDAGuard guard(params[0].device());
   const float* found_inf_ptr = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
 
-  StepIncrementOp increment{found_inf_ptr};
-  launch_multi_tensor(make_lists_view<1>({state_steps}), increment);
-
   AdamOp op;
   op.hyper = AdamHyper{beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
   op.lr = lr;
@@ -123,14 +120,18 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   op.found_inf = found_inf_ptr;
   op.read_mask = adam_read_mask(amsgrad);
   op.write_mask = adam_write_mask(amsgrad, grad_scale.has_value() && write_grads);
+  // Step counts first (torch: step_t += 1, then the update reads the new count), launched over the
+  // update's view of them.
+  const StepIncrementOp increment{found_inf_ptr};
   if (master_params.empty()) {
-    launch_multi_tensor(make_lists_view<6>({params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                            state_steps}),
-                        op);
+    const auto view = make_lists_view<6>({params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps});
+    launch_multi_tensor(one_element_list_view(view, kAdamStepList, at::kFloat), increment);
+    launch_multi_tensor(view, op);
     return;
   }
   const auto view = make_lists_view<kMasterLists>(
       {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params});
+  launch_multi_tensor(one_element_list_view(view, kAdamStepList, at::kFloat), increment);
   for_each_table(view, at::kHalf, adam_master_kernel<at::Half>, op);
   for_each_table(view, at::kBFloat16, adam_master_kernel<at::BFloat16>, op);
 }

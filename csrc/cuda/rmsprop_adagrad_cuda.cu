@@ -31,10 +31,14 @@ struct IncrementStepsOp {
   }
 };
 
-void increment_steps(at::TensorList state_steps, const std::optional<at::Tensor>& found_inf) {
+void increment_steps(const TensorListsView<1>& steps, const std::optional<at::Tensor>& found_inf) {
   IncrementStepsOp op;
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
-  launch_multi_tensor(make_lists_view<1>({state_steps}), op);
+  launch_multi_tensor(steps, op);
+}
+
+void increment_steps(at::TensorList state_steps, const std::optional<at::Tensor>& found_inf) {
+  increment_steps(make_lists_view<1>({state_steps}), found_inf);
 }
 
 // Lists: 0 params, 1 grads, 2 square_avgs, 3 momentum_buffers, 4 grad_avgs.
@@ -143,7 +147,8 @@ void adagrad_cuda(at::TensorList params, at::TensorList grads, at::TensorList st
   check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  increment_steps(state_steps, found_inf);
+  const auto view = make_lists_view<4>({params, grads, state_sums, state_steps});
+  increment_steps(one_element_list_view(view, 3, at::kFloat), found_inf);  // before the update reads them
   AdagradOp op;
   op.hyper = AdagradHyper{lr_decay, weight_decay, eps, maximize};
   op.lr = lr;
@@ -152,7 +157,7 @@ void adagrad_cuda(at::TensorList params, at::TensorList grads, at::TensorList st
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   op.read_mask = adagrad_read_mask();
   op.write_mask = adagrad_write_mask(grad_scale.has_value() && write_grads);
-  launch_multi_tensor(make_lists_view<4>({params, grads, state_sums, state_steps}), op);
+  launch_multi_tensor(view, op);
 }
 
 }  // namespace

@@ -149,7 +149,7 @@ void look_ahead(PyObject* list, int64_t begin, int64_t end, PyObject* state,
       entry = lookups->entries[begin + i];
     } else {
       entry = state_entry(state, param);
-      if (FUSEDOPT_DICT_TAGS && lookups != nullptr && hashes_by_id(param) &&
+      if (lookups != nullptr && hashes_by_id(param) &&
           (entry == nullptr || PyDict_Check(entry))) {
         lookups->recorded[begin + i] = 1;
         lookups->entries[begin + i] = entry;
@@ -241,6 +241,7 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
   out.params.reserve(n);
   out.grads.reserve(n);
   for (auto& s : out.states) s.reserve(n);
+  if (!FUSEDOPT_DICT_TAGS) lookups = nullptr;  // nothing can prove a record current
   const bool reuse = lookups != nullptr && lookups->reusable(group_params.ptr(), state.ptr(), keys);
   BlockLookahead ahead;
   int64_t block_begin = 0;

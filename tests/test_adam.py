@@ -594,8 +594,8 @@ OP_ERRORS = [
     ("max_without_amsgrad", lambda l: None, dict(amsgrad=False), "amsgrad is not set"),
     ("steps_length", lambda l: l[5].pop(), {}, "state_steps has 1 tensors"),
     ("step_dtype", lambda l: l[5].__setitem__(1, torch.zeros((), dtype=torch.float64)), {},
-     "state_steps\\[1\\] is Double"),
-    ("step_numel", lambda l: l[5].__setitem__(1, torch.zeros(2)), {}, "1-element float32"),
+     "state_steps\\[1\\] has dtype Double"),
+    ("step_numel", lambda l: l[5].__setitem__(1, torch.zeros(2)), {}, "state_steps\\[1\\] has 2 elements"),
     ("dtype", lambda l: l[2].__setitem__(1, torch.ones(3, dtype=torch.float64)), {}, "exp_avgs\\[1\\] has dtype Double"),
     ("shape", lambda l: l[3].__setitem__(1, torch.ones(4)), {}, "has shape"),
     ("layout", lambda l: [l[k].__setitem__(1, torch.ones(3, 4)) for k in range(4)] + [l[4].__setitem__(1, torch.ones(4, 3).t())],
@@ -620,15 +620,18 @@ def test_op_rejects_bad_input_before_writing(name, edit, extra, message):
 
 
 @pytest.mark.parametrize("bad", [[700], [40, 700], [0, 999]], ids=["late", "early_and_late", "ends"])
-def test_op_rejects_bad_entry_of_long_lists(bad):
+@pytest.mark.parametrize("in_list", ["exp_avgs", "state_steps"])
+def test_op_rejects_bad_entry_of_long_lists(bad, in_list):
     # Lists this long are checked on several threads (csrc/common/tensor_lists.cpp): whichever thread
     # meets a bad entry first, the error names the first bad entry, and nothing is written.
     n = 1000
     lists = [[torch.full((3,), 2.0) for _ in range(n)] for _ in range(5)] + [[torch.zeros(()) for _ in range(n)]]
+    k, bad_tensor = ((2, torch.ones(3, dtype=torch.float64)) if in_list == "exp_avgs"
+                     else (5, torch.zeros((), dtype=torch.float64)))
     for i in bad:
-        lists[2][i] = torch.ones(3, dtype=torch.float64)
+        lists[k][i] = bad_tensor
     assert_op_rejects_before_writing(torch.ops.fusedopt.adam_, lists, _op_kwargs(),
-                                     f"exp_avgs\\[{bad[0]}\\] has dtype Double")
+                                     f"{in_list}\\[{bad[0]}\\] has dtype Double")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,6 @@ void check_adam_inputs(at::TensorList params, at::TensorList grads, at::TensorLi
               max_exp_avg_sqs.size(), " tensors; expected one per param");
   TORCH_CHECK(amsgrad || max_exp_avg_sqs.empty(), op, ": amsgrad is not set but max_exp_avg_sqs has ",
               max_exp_avg_sqs.size(), " tensors; expected none");
-  TORCH_CHECK(state_steps.size() == n, op, ": state_steps has ", state_steps.size(),
-              " tensors but params has ", n, "; expected one per param");
   if (master_params.empty()) {
     check_tensor_lists(op, {{"params", params},
                             {"grads", grads},
@@ -49,17 +47,9 @@ void check_adam_inputs(at::TensorList params, at::TensorList grads, at::TensorLi
                   " but params[", i, "] has strides ", p.strides(), "; expected the same memory layout");
     }
   }
+  check_state_steps(op, params, state_steps);
   if (n == 0) return;
   const at::Device device = params[0].device();
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& s = state_steps[i];
-    TORCH_CHECK(s.defined(), op, ": state_steps[", i, "] is undefined; expected a tensor");
-    TORCH_CHECK(s.layout() == at::kStrided && s.numel() == 1 && s.scalar_type() == at::kFloat, op,
-                ": state_steps[", i, "] is ", s.scalar_type(), " ", s.sizes(), " (", s.layout(),
-                "); expected a 1-element float32 tensor");
-    TORCH_CHECK(s.device() == device, op, ": state_steps[", i, "] is on ", s.device(),
-                " but params[0] is on ", device, "; expected the step counts on the params' device");
-  }
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
   check_scalar_tensor(op, "grad_scale", grad_scale, device, /*allow_float64=*/true);
   check_scalar_tensor(op, "found_inf", found_inf, device);

@@ -4,23 +4,6 @@
 
 namespace fusedopt {
 
-void check_state_steps(const char* op, at::TensorList params, at::TensorList state_steps) {
-  TORCH_CHECK(state_steps.size() == params.size(), op, ": state_steps has ", state_steps.size(),
-              " tensors but params has ", params.size(), "; expected one step count per param");
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& s = state_steps[i];
-    TORCH_CHECK(s.defined(), op, ": state_steps[", i, "] is undefined; expected a tensor");
-    TORCH_CHECK(s.layout() == at::kStrided, op, ": state_steps[", i, "] has layout ", s.layout(),
-                "; expected a strided float32 tensor of one element");
-    TORCH_CHECK(s.scalar_type() == at::kFloat, op, ": state_steps[", i, "] has dtype ",
-                s.scalar_type(), "; expected float32");
-    TORCH_CHECK(s.numel() == 1, op, ": state_steps[", i, "] has ", s.numel(),
-                " elements; expected a 1-element tensor");
-    TORCH_CHECK(s.device() == params[i].device(), op, ": state_steps[", i, "] is on ", s.device(),
-                " but params[", i, "] is on ", params[i].device(), "; expected the same device");
-  }
-}
-
 void check_rmsprop_inputs(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                           at::TensorList momentum_buffers, at::TensorList grad_avgs,
                           at::TensorList state_steps, double momentum, bool centered,

@@ -19,7 +19,4 @@ void check_adagrad_inputs(at::TensorList params, at::TensorList grads, at::Tenso
                           const std::optional<at::Tensor>& grad_scale,
                           const std::optional<at::Tensor>& found_inf);
 
-// Checks a list of per-param step counts: one float32 1-element strided tensor per param, on its device.
-void check_state_steps(const char* op, at::TensorList params, at::TensorList state_steps);
-
 }  // namespace fusedopt

@@ -28,6 +28,23 @@ namespace {
 constexpr size_t kParallelCheckMin = 512;
 constexpr int64_t kParallelCheckGrain = 256;
 
+// Runs check(begin, end) over [0, n): on all threads for long lists, and, if a block fails, once more
+// serially from the start, so that the error names the first failing entry as a serial check would.
+void run_entry_checks(size_t n, const std::function<void(size_t, size_t)>& check) {
+  if (n >= kParallelCheckMin && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    std::atomic<bool> failed{false};
+    at::parallel_for(0, static_cast<int64_t>(n), kParallelCheckGrain, [&](int64_t begin, int64_t end) {
+      try {
+        check(static_cast<size_t>(begin), static_cast<size_t>(end));
+      } catch (...) {
+        failed = true;
+      }
+    });
+    if (!failed) return;
+  }
+  check(0, n);
+}
+
 // check_tensor_lists for the entries [begin, end); raises at the first failure.
 void check_entries(const char* op, std::initializer_list<NamedTensorList> lists, const at::Device& device,
                    size_t begin, size_t end) {
@@ -84,18 +101,26 @@ void check_tensor_lists(const char* op, std::initializer_list<NamedTensorList> l
   }
   if (n == 0) return;
   const at::Device device = ref.tensors[0].device();
-  if (n >= kParallelCheckMin && at::get_num_threads() > 1 && !at::in_parallel_region()) {
-    std::atomic<bool> failed{false};
-    at::parallel_for(0, static_cast<int64_t>(n), kParallelCheckGrain, [&](int64_t begin, int64_t end) {
-      try {
-        check_entries(op, lists, device, begin, end);
-      } catch (...) {
-        failed = true;
-      }
-    });
-    if (!failed) return;
-  }
-  check_entries(op, lists, device, 0, n);  // serially: raises for the first failing entry
+  run_entry_checks(n, [&](size_t begin, size_t end) { check_entries(op, lists, device, begin, end); });
+}
+
+void check_state_steps(const char* op, at::TensorList params, at::TensorList state_steps) {
+  TORCH_CHECK(state_steps.size() == params.size(), op, ": state_steps has ", state_steps.size(),
+              " tensors but params has ", params.size(), "; expected one step count per param");
+  run_entry_checks(params.size(), [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      const at::Tensor& s = state_steps[i];
+      TORCH_CHECK(s.defined(), op, ": state_steps[", i, "] is undefined; expected a tensor");
+      TORCH_CHECK(s.layout() == at::kStrided, op, ": state_steps[", i, "] has layout ", s.layout(),
+                  "; expected a strided float32 tensor of one element");
+      TORCH_CHECK(s.scalar_type() == at::kFloat, op, ": state_steps[", i, "] has dtype ",
+                  s.scalar_type(), "; expected float32");
+      TORCH_CHECK(s.numel() == 1, op, ": state_steps[", i, "] has ", s.numel(),
+                  " elements; expected a 1-element tensor");
+      TORCH_CHECK(s.device() == params[i].device(), op, ": state_steps[", i, "] is on ", s.device(),
+                  " but params[", i, "] is on ", params[i].device(), "; expected the same device");
+    }
+  });
 }
 
 void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,

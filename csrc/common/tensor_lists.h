@@ -37,6 +37,10 @@ bool same_memory_order(const at::Tensor& a, const at::Tensor& b);
 // dtype (float32, float64, float16, bfloat16). Raises c10::Error naming op, list and index otherwise.
 void check_tensor_lists(const char* op, std::initializer_list<NamedTensorList> lists);
 
+// Checks a list of per-param step counts: one float32 1-element strided tensor per param, on its device
+// (long lists on all threads, as check_tensor_lists).
+void check_state_steps(const char* op, at::TensorList params, at::TensorList state_steps);
+
 // Checks an optional 1-element float32 tensor argument (lr, grad_scale, found_inf) on `device`;
 // float64 too with allow_float64 (grad_scale, see fusedopt/grad_scale.h).
 void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,

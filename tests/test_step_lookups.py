@@ -16,6 +16,9 @@ import fusedopt
 from conftest import assert_close
 from optim_parity import assert_unchanged, snapshot
 
+# The dict tags read here differ by Python version (a deprecated field from 3.12, gone in 3.14).
+pytestmark = pytest.mark.python_version_specific
+
 SUPPORTED = fusedopt._C.StateLookups.supported
 WARM_STEPS = 4  # the first step creates state, the second records the group as it then is
 

@@ -10,7 +10,8 @@
 #   bash tools/gpu_check.sh [--quick] [--skip-sanitizer] [--bench-args "..."]
 #
 # --quick fits one 10-minute call of a lent machine (15 minutes of device time per session, start-up
-# included): the CUDA tests only (CI runs the CPU ones), memcheck on a smoke subset (one or two tests
+# included): the CUDA tests, and the CPU tests of code that differs by Python version (CI runs the
+# other CPU tests, on another Python), memcheck on a smoke subset (one or two tests
 # per kernel family), and the GPU-goal, optimizer and clipping benchmarks without torch.compile'd
 # variants; each stage has a time cap, so a slow stage costs its cap and the results before it still
 # come back (a capped stage shows rc=124).
@@ -37,7 +38,7 @@ declare -A STATUS
 # Per-stage caps in seconds (none without --quick), the tests and sanitizer selections, the benchmarks.
 if [[ $QUICK == 1 ]]; then
   CAP_BUILD=300 CAP_TESTS=150 CAP_SANITIZER=100 CAP_BENCH=180
-  TEST_SELECT=(-m cuda)
+  TEST_SELECT=(-m "cuda or python_version_specific")
   SANITIZER_TOOLS=(memcheck)
   SANITIZER_K="opcheck or counted_once or mixed_dtypes_and_many_tensors or op_grad_scale_and_found_inf \
 or update_running_stats or empty_batch or cpu_and_cuda_masks_are_identical or large_mean_no_cancellation \

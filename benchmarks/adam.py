@@ -2,7 +2,9 @@
 
 Groups: ``adam`` (AdamW on the standard sets: 16 large tensors and 2,000 small ones, 16M parameters
 each), ``adam-models`` (the parameter shapes of GPT-2 124M, BERT-base and ResNet-50) and
-``adam-sweep`` (tensor count at a fixed total size)."""
+``adam-sweep`` (tensor count at a fixed total size) and ``adam-host`` (20,000 one-element params: the
+per-param host cost alone, which dominates a GPU step over many small tensors; the CPU measures it
+without a GPU)."""
 
 from __future__ import annotations
 
@@ -41,4 +43,10 @@ def adam_sweep_cases(device: str, dtype: torch.dtype, param_sets: list[ParamSet]
     return [_adamw_case("adam-sweep", device, dtype, equal_split(total, n)) for n in counts]
 
 
-GROUPS = {"adam": adam_cases, "adam-models": adam_model_cases, "adam-sweep": adam_sweep_cases}
+def adam_host_cases(device: str, dtype: torch.dtype, param_sets: list[ParamSet]) -> list[Case]:
+    count = 1000 if OPTIONS.quick else 20000
+    return [_adamw_case("adam-host", device, dtype, equal_split(count, count))]
+
+
+GROUPS = {"adam": adam_cases, "adam-models": adam_model_cases, "adam-sweep": adam_sweep_cases,
+          "adam-host": adam_host_cases}

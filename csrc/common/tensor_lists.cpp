@@ -31,14 +31,19 @@ constexpr int64_t kParallelCheckGrain = 256;
 // core's fill buffers busy.
 constexpr size_t kCheckAhead = 8;
 
-// Runs check(begin, end) over [0, n): on all threads for long lists, and, if a block fails, once more
-// serially from the start, so that the error names the first failing entry as a serial check would.
+// Whether a pass over n entries runs on all threads (for_entry_blocks, run_entry_checks).
+bool entries_in_parallel(size_t n) {
+  return n >= kParallelCheckMin && at::get_num_threads() > 1 && !at::in_parallel_region();
+}
+
+// Runs check(begin, end) over [0, n) (for_entry_blocks), and, if a block of a parallel run fails, once
+// more serially from the start, so that the error names the first failing entry as a serial check would.
 void run_entry_checks(size_t n, const std::function<void(size_t, size_t)>& check) {
-  if (n >= kParallelCheckMin && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+  if (entries_in_parallel(n)) {
     std::atomic<bool> failed{false};
-    at::parallel_for(0, static_cast<int64_t>(n), kParallelCheckGrain, [&](int64_t begin, int64_t end) {
+    for_entry_blocks(n, [&](size_t begin, size_t end) {
       try {
-        check(static_cast<size_t>(begin), static_cast<size_t>(end));
+        check(begin, end);
       } catch (...) {
         failed = true;
       }
@@ -92,7 +97,7 @@ void check_entries(const char* op, std::initializer_list<NamedTensorList> lists,
 }  // namespace
 
 void for_entry_blocks(size_t n, const std::function<void(size_t, size_t)>& fn) {
-  if (n >= kParallelCheckMin && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+  if (entries_in_parallel(n)) {
     at::parallel_for(0, static_cast<int64_t>(n), kParallelCheckGrain,
                      [&](int64_t begin, int64_t end) { fn(static_cast<size_t>(begin), static_cast<size_t>(end)); });
   } else if (n > 0) {

@@ -1,27 +1,46 @@
 #include "common/rmsprop_adagrad_checks.h"
 
+#include <array>
+
 #include "common/tensor_lists.h"
 
 namespace fusedopt {
+namespace {
+
+// The lockstep lists (lists[0] the params) and their step counts, in one walk over the entries.
+void check_lists_and_steps(const char* op, c10::ArrayRef<NamedTensorList> lists, at::TensorList state_steps,
+                           const EntryBlockFn& then) {
+  const at::TensorList params = lists[0].tensors;
+  check_list_lengths(op, lists);
+  check_state_steps_length(op, params, state_steps);
+  if (params.empty()) return;
+  const at::Device device = params[0].device();
+  run_entry_checks(params.size(), [&](size_t begin, size_t end) {
+    check_list_entries(op, lists, device, begin, end);
+    check_state_step_entries(op, params, state_steps, begin, end);
+  }, then);
+}
+
+}  // namespace
 
 void check_rmsprop_inputs(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                           at::TensorList momentum_buffers, at::TensorList grad_avgs,
                           at::TensorList state_steps, double momentum, bool centered,
                           const std::optional<at::Tensor>& lr_tensor,
                           const std::optional<at::Tensor>& grad_scale,
-                          const std::optional<at::Tensor>& found_inf) {
+                          const std::optional<at::Tensor>& found_inf, const EntryBlockFn& then) {
   constexpr const char* op = "fusedopt.rmsprop_";
   TORCH_CHECK(momentum <= 0 || momentum_buffers.size() == params.size(), op, ": momentum is ",
               momentum, " but momentum_buffers has ", momentum_buffers.size(),
               " tensors; expected one per param");
   TORCH_CHECK(!centered || grad_avgs.size() == params.size(), op, ": centered is true but grad_avgs has ",
               grad_avgs.size(), " tensors; expected one per param");
-  check_tensor_lists(op, {{"params", params},
-                          {"grads", grads},
-                          {"square_avgs", square_avgs},
-                          {"momentum_buffers", momentum_buffers, /*may_be_empty=*/momentum <= 0},
-                          {"grad_avgs", grad_avgs, /*may_be_empty=*/!centered}});
-  check_state_steps(op, params, state_steps);
+  const std::array<NamedTensorList, 5> lists{{{"params", params},
+                                               {"grads", grads},
+                                               {"square_avgs", square_avgs},
+                                               {"momentum_buffers", momentum_buffers, /*may_be_empty=*/momentum <= 0},
+                                               {"grad_avgs", grad_avgs, /*may_be_empty=*/!centered}}};
+  check_lists_and_steps(op, lists, state_steps, then);
   if (params.empty()) return;
   const at::Device device = params[0].device();
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
@@ -32,10 +51,10 @@ void check_rmsprop_inputs(at::TensorList params, at::TensorList grads, at::Tenso
 void check_adagrad_inputs(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                           at::TensorList state_steps, const std::optional<at::Tensor>& lr_tensor,
                           const std::optional<at::Tensor>& grad_scale,
-                          const std::optional<at::Tensor>& found_inf) {
+                          const std::optional<at::Tensor>& found_inf, const EntryBlockFn& then) {
   constexpr const char* op = "fusedopt.adagrad_";
-  check_tensor_lists(op, {{"params", params}, {"grads", grads}, {"state_sums", state_sums}});
-  check_state_steps(op, params, state_steps);
+  const std::array<NamedTensorList, 3> lists{{{"params", params}, {"grads", grads}, {"state_sums", state_sums}}};
+  check_lists_and_steps(op, lists, state_steps, then);
   if (params.empty()) return;
   const at::Device device = params[0].device();
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);

@@ -1,5 +1,7 @@
 #include "common/sgd_checks.h"
 
+#include <array>
+
 #include "common/tensor_lists.h"
 
 namespace fusedopt {
@@ -7,16 +9,19 @@ namespace fusedopt {
 void check_sgd_inputs(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                       double momentum, const std::optional<at::Tensor>& lr_tensor,
                       const std::optional<at::Tensor>& grad_scale,
-                      const std::optional<at::Tensor>& found_inf) {
+                      const std::optional<at::Tensor>& found_inf, const EntryBlockFn& then) {
   constexpr const char* op = "fusedopt.sgd_";
   TORCH_CHECK(momentum == 0 || momentum_buffers.size() == params.size(), op, ": momentum is ",
               momentum, " but momentum_buffers has ", momentum_buffers.size(),
               " tensors; expected one per param");
-  check_tensor_lists(op, {{"params", params},
-                          {"grads", grads},
-                          {"momentum_buffers", momentum_buffers, /*may_be_empty=*/momentum == 0}});
+  const std::array<NamedTensorList, 3> lists{{{"params", params},
+                                               {"grads", grads},
+                                               {"momentum_buffers", momentum_buffers, /*may_be_empty=*/momentum == 0}}};
+  check_list_lengths(op, lists);
   if (params.empty()) return;
   const at::Device device = params[0].device();
+  run_entry_checks(params.size(), [&](size_t begin, size_t end) { check_list_entries(op, lists, device, begin, end); },
+                   then);
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
   check_scalar_tensor(op, "grad_scale", grad_scale, device, /*allow_float64=*/true);
   check_scalar_tensor(op, "found_inf", found_inf, device);

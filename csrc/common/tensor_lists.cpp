@@ -1,5 +1,6 @@
 #include "common/tensor_lists.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include <ATen/Parallel.h>
@@ -31,39 +32,68 @@ constexpr int64_t kParallelCheckGrain = 256;
 // core's fill buffers busy.
 constexpr size_t kCheckAhead = 8;
 
-// Whether a pass over n entries runs on all threads (for_entry_blocks, run_entry_checks).
+// Whether a pass over n entries runs on all threads (for_entry_blocks).
 bool entries_in_parallel(size_t n) {
   return n >= kParallelCheckMin && at::get_num_threads() > 1 && !at::in_parallel_region();
 }
 
-// Runs check(begin, end) over [0, n) (for_entry_blocks), and, if a block of a parallel run fails, once
-// more serially from the start, so that the error names the first failing entry as a serial check would.
-void run_entry_checks(size_t n, const std::function<void(size_t, size_t)>& check) {
+// fn over the blocks of [begin, end).
+void for_blocks_of(size_t begin, size_t end, const EntryBlockFn& fn) {
+  for (size_t b = begin; b < end; b += kEntryBlock) fn(b, std::min(end, b + kEntryBlock));
+}
+
+}  // namespace
+
+void for_entry_blocks(size_t n, const EntryBlockFn& fn) {
+  if (entries_in_parallel(n)) {
+    at::parallel_for(0, static_cast<int64_t>(n), kParallelCheckGrain, [&](int64_t begin, int64_t end) {
+      for_blocks_of(static_cast<size_t>(begin), static_cast<size_t>(end), fn);
+    });
+  } else {
+    for_blocks_of(0, n, fn);
+  }
+}
+
+void run_entry_checks(size_t n, const EntryBlockFn& check, const EntryBlockFn& then) {
+  const auto check_then = [&](size_t begin, size_t end) {
+    check(begin, end);
+    if (then) then(begin, end);
+  };
   if (entries_in_parallel(n)) {
     std::atomic<bool> failed{false};
     for_entry_blocks(n, [&](size_t begin, size_t end) {
+      if (failed) return;
       try {
-        check(begin, end);
+        check_then(begin, end);
       } catch (...) {
         failed = true;
       }
     });
     if (!failed) return;
   }
-  check(0, n);
+  for_blocks_of(0, n, check_then);
 }
 
-// check_tensor_lists for the entries [begin, end); raises at the first failure.
-void check_entries(const char* op, std::initializer_list<NamedTensorList> lists, const at::Device& device,
-                   size_t begin, size_t end) {
-  const NamedTensorList& ref = *lists.begin();
+void check_list_lengths(const char* op, c10::ArrayRef<NamedTensorList> lists) {
+  TORCH_CHECK(!lists.empty(), op, ": no tensor lists given");
+  const NamedTensorList& ref = lists[0];
+  const size_t n = ref.tensors.size();
+  for (const auto& list : lists) {
+    if (list.may_be_empty && list.tensors.empty()) continue;
+    TORCH_CHECK(list.tensors.size() == n, op, ": ", list.name, " has ", list.tensors.size(),
+                " tensors but ", ref.name, " has ", n, "; expected one per ", ref.name, " entry");
+  }
+}
+
+void check_list_entries(const char* op, c10::ArrayRef<NamedTensorList> lists, const at::Device& device,
+                        size_t begin, size_t end) {
+  const NamedTensorList& ref = lists[0];
   for (size_t i = begin; i < end; ++i) {
-    if (i + kCheckAhead < end) {  // the metadata the checks read (sizes, strides, dtype, flags)
-      for (const auto& list : lists) {
-        if (i + kCheckAhead >= list.tensors.size()) continue;
-        const auto* t = reinterpret_cast<const char*>(list.tensors[i + kCheckAhead].unsafeGetTensorImpl());
-        for (size_t line = 0; line < sizeof(c10::TensorImpl); line += 64) __builtin_prefetch(t + line, 0, 3);
-      }
+    // The metadata the checks read (sizes, strides, dtype, flags), a few entries ahead.
+    for (const auto& list : lists) {
+      if (i + kCheckAhead >= list.tensors.size()) continue;
+      const auto* t = reinterpret_cast<const char*>(list.tensors[i + kCheckAhead].unsafeGetTensorImpl());
+      for (size_t line = 0; line < sizeof(c10::TensorImpl); line += 64) __builtin_prefetch(t + line, 0, 3);
     }
     const at::Tensor& r = ref.tensors[i];
     for (const auto& list : lists) {
@@ -94,48 +124,25 @@ void check_entries(const char* op, std::initializer_list<NamedTensorList> lists,
   }
 }
 
-}  // namespace
-
-void for_entry_blocks(size_t n, const std::function<void(size_t, size_t)>& fn) {
-  if (entries_in_parallel(n)) {
-    at::parallel_for(0, static_cast<int64_t>(n), kParallelCheckGrain,
-                     [&](int64_t begin, int64_t end) { fn(static_cast<size_t>(begin), static_cast<size_t>(end)); });
-  } else if (n > 0) {
-    fn(0, n);
-  }
-}
-
-void check_tensor_lists(const char* op, std::initializer_list<NamedTensorList> lists) {
-  TORCH_CHECK(lists.size() > 0, op, ": no tensor lists given");
-  const NamedTensorList& ref = *lists.begin();
-  const size_t n = ref.tensors.size();
-  for (const auto& list : lists) {
-    if (list.may_be_empty && list.tensors.empty()) continue;
-    TORCH_CHECK(list.tensors.size() == n, op, ": ", list.name, " has ", list.tensors.size(),
-                " tensors but ", ref.name, " has ", n, "; expected one per ", ref.name, " entry");
-  }
-  if (n == 0) return;
-  const at::Device device = ref.tensors[0].device();
-  run_entry_checks(n, [&](size_t begin, size_t end) { check_entries(op, lists, device, begin, end); });
-}
-
-void check_state_steps(const char* op, at::TensorList params, at::TensorList state_steps) {
+void check_state_steps_length(const char* op, at::TensorList params, at::TensorList state_steps) {
   TORCH_CHECK(state_steps.size() == params.size(), op, ": state_steps has ", state_steps.size(),
               " tensors but params has ", params.size(), "; expected one step count per param");
-  run_entry_checks(params.size(), [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) {
-      const at::Tensor& s = state_steps[i];
-      TORCH_CHECK(s.defined(), op, ": state_steps[", i, "] is undefined; expected a tensor");
-      TORCH_CHECK(s.layout() == at::kStrided, op, ": state_steps[", i, "] has layout ", s.layout(),
-                  "; expected a strided float32 tensor of one element");
-      TORCH_CHECK(s.scalar_type() == at::kFloat, op, ": state_steps[", i, "] has dtype ",
-                  s.scalar_type(), "; expected float32");
-      TORCH_CHECK(s.numel() == 1, op, ": state_steps[", i, "] has ", s.numel(),
-                  " elements; expected a 1-element tensor");
-      TORCH_CHECK(s.device() == params[i].device(), op, ": state_steps[", i, "] is on ", s.device(),
-                  " but params[", i, "] is on ", params[i].device(), "; expected the same device");
-    }
-  });
+}
+
+void check_state_step_entries(const char* op, at::TensorList params, at::TensorList state_steps,
+                              size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) {
+    const at::Tensor& s = state_steps[i];
+    TORCH_CHECK(s.defined(), op, ": state_steps[", i, "] is undefined; expected a tensor");
+    TORCH_CHECK(s.layout() == at::kStrided, op, ": state_steps[", i, "] has layout ", s.layout(),
+                "; expected a strided float32 tensor of one element");
+    TORCH_CHECK(s.scalar_type() == at::kFloat, op, ": state_steps[", i, "] has dtype ",
+                s.scalar_type(), "; expected float32");
+    TORCH_CHECK(s.numel() == 1, op, ": state_steps[", i, "] has ", s.numel(),
+                " elements; expected a 1-element tensor");
+    TORCH_CHECK(s.device() == params[i].device(), op, ": state_steps[", i, "] is on ", s.device(),
+                " but params[", i, "] is on ", params[i].device(), "; expected the same device");
+  }
 }
 
 void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,

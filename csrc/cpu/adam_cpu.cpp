@@ -15,8 +15,13 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
               bool maximize, bool decoupled_weight_decay, at::TensorList master_params,
               const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
               const std::optional<at::Tensor>& found_inf, bool write_grads) {
-  check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
-                    master_params, lr_tensor, grad_scale, found_inf);
+  // The view is filled in the checks' walk over the tensors (checked_lists_view).
+  const auto view = checked_lists_view<7>(
+      {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params},
+      [&](const EntryBlockFn& then) {
+        check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
+                          master_params, lr_tensor, grad_scale, found_inf, then);
+      });
   if (params.empty()) return;
   if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;  // GradScaler: skip step
   AdamCpuArgs args;
@@ -26,8 +31,6 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
-  const auto view = make_lists_view<7>({params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                                        master_params});
   increment_step_counts(view, kAdamStepList);
   FUSEDOPT_CPU_KERNEL(adam_kernel)(view, args);
 }

@@ -1,5 +1,7 @@
 // fusedopt::rmsprop_ and fusedopt::adagrad_ on CPU: checks, step counts, then the per-variant kernels
 // (csrc/cpu/kernels/rmsprop_kernel.cpp, adagrad_kernel.cpp).
+#include <array>
+
 #include <torch/library.h>
 
 #include "common/rmsprop_adagrad_checks.h"
@@ -16,22 +18,29 @@ void rmsprop_cpu(at::TensorList params, at::TensorList grads, at::TensorList squ
                  bool maximize, const std::optional<at::Tensor>& lr_tensor,
                  const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                  bool write_grads) {
+  const at::TensorList none;
+  const std::array<at::TensorList, 5> lists{params, grads, square_avgs, momentum > 0 ? momentum_buffers : none,
+                                            centered ? grad_avgs : none};
+  // The views are filled in the checks' walk over the tensors (run_entry_checks' `then`).
+  auto view = sized_lists_view<5>(params.size());
+  auto steps = sized_lists_view<1>(params.size());
   check_rmsprop_inputs(params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, momentum,
-                       centered, lr_tensor, grad_scale, found_inf);
+                       centered, lr_tensor, grad_scale, found_inf, [&](size_t begin, size_t end) {
+                         fill_lists_view(view, lists, begin, end);
+                         fill_lists_view(steps, {state_steps}, begin, end);
+                       });
+  finish_lists_view(view);
+  finish_lists_view(steps);
   if (params.empty()) return;
   if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;  // GradScaler: skip step
-  increment_step_counts(state_steps);
+  increment_step_counts(steps, 0);
   RmspropCpuArgs args;
   args.hyper = RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize};
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
-  const at::TensorList none;
-  FUSEDOPT_CPU_KERNEL(rmsprop_kernel)(
-      make_lists_view<5>({params, grads, square_avgs, momentum > 0 ? momentum_buffers : none,
-                          centered ? grad_avgs : none}),
-      args);
+  FUSEDOPT_CPU_KERNEL(rmsprop_kernel)(view, args);
 }
 
 void adagrad_cpu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
@@ -39,7 +48,9 @@ void adagrad_cpu(at::TensorList params, at::TensorList grads, at::TensorList sta
                  bool maximize, const std::optional<at::Tensor>& lr_tensor,
                  const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                  bool write_grads) {
-  check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf);
+  const auto view = checked_lists_view<4>({params, grads, state_sums, state_steps}, [&](const EntryBlockFn& then) {
+    check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf, then);
+  });
   if (params.empty()) return;
   if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;
   AdagradCpuArgs args;
@@ -48,7 +59,6 @@ void adagrad_cpu(at::TensorList params, at::TensorList grads, at::TensorList sta
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
-  const auto view = make_lists_view<4>({params, grads, state_sums, state_steps});
   increment_step_counts(view, 3);
   FUSEDOPT_CPU_KERNEL(adagrad_kernel)(view, args);
 }

@@ -2,6 +2,7 @@
 #include <torch/library.h>
 
 #include "common/sgd_checks.h"
+#include "common/tensor_lists.h"
 #include "cpu/kernels/kernels.h"
 
 namespace fusedopt::cpu {
@@ -12,7 +13,9 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
              bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
              const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
              bool write_grads) {
-  check_sgd_inputs(params, grads, momentum_buffers, momentum, lr_tensor, grad_scale, found_inf);
+  const auto view = checked_lists_view<3>({params, grads, momentum_buffers}, [&](const EntryBlockFn& then) {
+    check_sgd_inputs(params, grads, momentum_buffers, momentum, lr_tensor, grad_scale, found_inf, then);
+  });
   if (params.empty()) return;
   if (found_inf.has_value() && read_cpu_scalar(*found_inf) != 0) return;  // GradScaler: skip step
   SgdCpuArgs args;
@@ -21,7 +24,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
   args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
-  FUSEDOPT_CPU_KERNEL(sgd_kernel)(make_lists_view<3>({params, grads, momentum_buffers}), args);
+  FUSEDOPT_CPU_KERNEL(sgd_kernel)(view, args);
 }
 
 }  // namespace

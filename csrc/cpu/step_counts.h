@@ -19,8 +19,4 @@ void increment_step_counts(const TensorListsView<K>& view, size_t list) {
   }
 }
 
-inline void increment_step_counts(at::TensorList state_steps) {
-  increment_step_counts(make_lists_view<1>({state_steps}), 0);
-}
-
 }  // namespace fusedopt::cpu

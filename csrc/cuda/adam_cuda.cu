@@ -106,8 +106,21 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                bool maximize, bool decoupled_weight_decay, at::TensorList master_params,
                const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf, bool write_grads) {
-  check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
-                    master_params, lr_tensor, grad_scale, found_inf);
+  // The view is filled in the checks' walk over the tensors (checked_lists_view); with master_params
+  // it has a seventh list.
+  const auto check = [&](const EntryBlockFn& then) {
+    check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
+                      master_params, lr_tensor, grad_scale, found_inf, then);
+  };
+  const bool has_master = !master_params.empty();
+  TensorListsView<6> view;
+  TensorListsView<kMasterLists> master_view;
+  if (!has_master) {
+    view = checked_lists_view<6>({params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps}, check);
+  } else {
+    master_view = checked_lists_view<kMasterLists>(
+        {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params}, check);
+  }
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const float* found_inf_ptr = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
@@ -123,17 +136,14 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   // Step counts first (torch: step_t += 1, then the update reads the new count), launched over the
   // update's view of them.
   const StepIncrementOp increment{found_inf_ptr};
-  if (master_params.empty()) {
-    const auto view = make_lists_view<6>({params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps});
+  if (!has_master) {
     launch_multi_tensor(one_element_list_view(view, kAdamStepList, at::kFloat), increment);
     launch_multi_tensor(view, op);
     return;
   }
-  const auto view = make_lists_view<kMasterLists>(
-      {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params});
-  launch_multi_tensor(one_element_list_view(view, kAdamStepList, at::kFloat), increment);
-  for_each_table(view, at::kHalf, adam_master_kernel<at::Half>, op);
-  for_each_table(view, at::kBFloat16, adam_master_kernel<at::BFloat16>, op);
+  launch_multi_tensor(one_element_list_view(master_view, kAdamStepList, at::kFloat), increment);
+  for_each_table(master_view, at::kHalf, adam_master_kernel<at::Half>, op);
+  for_each_table(master_view, at::kBFloat16, adam_master_kernel<at::BFloat16>, op);
 }
 
 }  // namespace

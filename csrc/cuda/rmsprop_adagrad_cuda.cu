@@ -1,6 +1,8 @@
 // fusedopt::rmsprop_ and fusedopt::adagrad_ on CUDA: checks, then the multi-tensor launcher twice: once
 // to count the steps, once with the shared update rule. Both launches honour found_inf on the device,
 // so a GradScaler step needs no host synchronisation and the pair can be captured in a CUDA graph.
+#include <array>
+
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -35,10 +37,6 @@ void increment_steps(const TensorListsView<1>& steps, const std::optional<at::Te
   IncrementStepsOp op;
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   launch_multi_tensor(steps, op);
-}
-
-void increment_steps(at::TensorList state_steps, const std::optional<at::Tensor>& found_inf) {
-  increment_steps(make_lists_view<1>({state_steps}), found_inf);
 }
 
 // Lists: 0 params, 1 grads, 2 square_avgs, 3 momentum_buffers, 4 grad_avgs.
@@ -120,11 +118,22 @@ void rmsprop_cuda(at::TensorList params, at::TensorList grads, at::TensorList sq
                   bool maximize, const std::optional<at::Tensor>& lr_tensor,
                   const std::optional<at::Tensor>& grad_scale,
                   const std::optional<at::Tensor>& found_inf, bool write_grads) {
+  const at::TensorList none;
+  const std::array<at::TensorList, 5> lists{params, grads, square_avgs, momentum > 0 ? momentum_buffers : none,
+                                            centered ? grad_avgs : none};
+  // The views are filled in the checks' walk over the tensors (run_entry_checks' `then`).
+  auto view = sized_lists_view<5>(params.size());
+  auto steps = sized_lists_view<1>(params.size());
   check_rmsprop_inputs(params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, momentum,
-                       centered, lr_tensor, grad_scale, found_inf);
+                       centered, lr_tensor, grad_scale, found_inf, [&](size_t begin, size_t end) {
+                         fill_lists_view(view, lists, begin, end);
+                         fill_lists_view(steps, {state_steps}, begin, end);
+                       });
+  finish_lists_view(view);
+  finish_lists_view(steps);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  increment_steps(state_steps, found_inf);
+  increment_steps(steps, found_inf);
   RmspropOp op;
   op.hyper = RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize};
   op.lr = lr;
@@ -133,10 +142,7 @@ void rmsprop_cuda(at::TensorList params, at::TensorList grads, at::TensorList sq
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   op.read_mask = rmsprop_read_mask(momentum > 0, centered);
   op.write_mask = rmsprop_write_mask(momentum > 0, centered, grad_scale.has_value() && write_grads);
-  const at::TensorList none;
-  launch_multi_tensor(make_lists_view<5>({params, grads, square_avgs, momentum > 0 ? momentum_buffers : none,
-                                          centered ? grad_avgs : none}),
-                      op);
+  launch_multi_tensor(view, op);
 }
 
 void adagrad_cuda(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
@@ -144,10 +150,11 @@ void adagrad_cuda(at::TensorList params, at::TensorList grads, at::TensorList st
                   bool maximize, const std::optional<at::Tensor>& lr_tensor,
                   const std::optional<at::Tensor>& grad_scale,
                   const std::optional<at::Tensor>& found_inf, bool write_grads) {
-  check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf);
+  const auto view = checked_lists_view<4>({params, grads, state_sums, state_steps}, [&](const EntryBlockFn& then) {
+    check_adagrad_inputs(params, grads, state_sums, state_steps, lr_tensor, grad_scale, found_inf, then);
+  });
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  const auto view = make_lists_view<4>({params, grads, state_sums, state_steps});
   increment_steps(one_element_list_view(view, 3, at::kFloat), found_inf);  // before the update reads them
   AdagradOp op;
   op.hyper = AdagradHyper{lr_decay, weight_decay, eps, maximize};

@@ -44,7 +44,9 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
               bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
               bool write_grads) {
-  check_sgd_inputs(params, grads, momentum_buffers, momentum, lr_tensor, grad_scale, found_inf);
+  const auto view = checked_lists_view<3>({params, grads, momentum_buffers}, [&](const EntryBlockFn& then) {
+    check_sgd_inputs(params, grads, momentum_buffers, momentum, lr_tensor, grad_scale, found_inf, then);
+  });
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   SgdOp op;
@@ -55,7 +57,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
   op.read_mask = sgd_read_mask(op.hyper);
   op.write_mask = sgd_write_mask(op.hyper, grad_scale.has_value() && write_grads);
-  launch_multi_tensor(make_lists_view<3>({params, grads, momentum_buffers}), op);
+  launch_multi_tensor(view, op);
 }
 
 }  // namespace

@@ -27,18 +27,33 @@ def _lookups(opt, group=0):
     return opt.__dict__["_fusedopt_state_lookups"][group]
 
 
-def _pair(n=6, seed=0, **kwargs):
+SHAPES = [(5,), (3, 4), (), (17,), (2, 3, 2), (9,)]
+# Groups this long are read on all threads once their lookups are kept (collect_group's settled
+# params), in blocks of 256: the long variants change params from index LONG_OFFSET on (a later block;
+# a multiple of len(SHAPES), so that o + k has shape SHAPES[k]).
+LONG, LONG_OFFSET = 1100, 702
+SIZES = {"short": (len(SHAPES), 0), "long": (LONG, LONG_OFFSET)}
+
+
+def _pair(n=len(SHAPES), seed=0, **kwargs):
     g = torch.Generator().manual_seed(seed)
-    shapes = [(5,), (3, 4), (), (17,), (2, 3, 2), (9,)][:n]
-    ours = [torch.randn(s, generator=g) for s in shapes]
+    ours = [torch.randn(SHAPES[i % len(SHAPES)], generator=g) for i in range(n)]
     refs = [p.clone() for p in ours]
     return ours, refs, fusedopt.optim.Adam(ours, lr=0.05, **kwargs), torch.optim.Adam(refs, lr=0.05, foreach=False,
                                                                                       **kwargs)
 
 
-def _step(ours, refs, opt, ref, gen, skip=()):
+def _assert_settled_reads_used(opt, n):
+    # The all-threads read of an unchanged group is what the long variants are for.
+    if SUPPORTED and n >= LONG and torch.get_num_threads() > 1:
+        assert _lookups(opt).settled > 0
+
+
+def _step(ours, refs, opt, ref, gen, skip=(), transposed=()):
     for i, (p, q) in enumerate(zip(ours, refs)):
         g = torch.randn(p.shape, generator=gen)
+        if i in transposed:  # a 2-D grad in the other memory order than its param's
+            g = g.t().contiguous().t()
         p.grad, q.grad = (None, None) if i in skip else (g, g.clone())
     opt.step()
     ref.step()
@@ -52,55 +67,62 @@ def _assert_same(ours, refs, opt, ref):
             assert_close(opt.state[p][key], value, torch.float32, msg=key)
 
 
-def _replace_state_tensor(ours, refs, opt, ref):
-    opt.state[ours[1]]["exp_avg"] = torch.full_like(ours[1], 0.5)
-    ref.state[refs[1]]["exp_avg"] = torch.full_like(refs[1], 0.5)
+def _replace_state_tensor(ours, refs, opt, ref, o=0):
+    opt.state[ours[o + 1]]["exp_avg"] = torch.full_like(ours[o + 1], 0.5)
+    ref.state[refs[o + 1]]["exp_avg"] = torch.full_like(refs[o + 1], 0.5)
 
 
-def _replace_step_count(ours, refs, opt, ref):
-    opt.state[ours[2]]["step"] = torch.tensor(100.0)
-    ref.state[refs[2]]["step"] = torch.tensor(100.0)
+def _replace_step_count(ours, refs, opt, ref, o=0):
+    opt.state[ours[o + 2]]["step"] = torch.tensor(100.0)
+    ref.state[refs[o + 2]]["step"] = torch.tensor(100.0)
 
 
-def _delete_state(ours, refs, opt, ref):
-    del opt.state[ours[0]]
-    del ref.state[refs[0]]
+def _delete_state(ours, refs, opt, ref, o=0):
+    del opt.state[ours[o + 0]]
+    del ref.state[refs[o + 0]]
 
 
-def _clear_one_state(ours, refs, opt, ref):
-    opt.state[ours[3]].clear()
-    ref.state[refs[3]].clear()
+def _clear_one_state(ours, refs, opt, ref, o=0):
+    opt.state[ours[o + 3]].clear()
+    ref.state[refs[o + 3]].clear()
 
 
-def _new_state_dict(ours, refs, opt, ref):
-    opt.state[ours[4]] = {k: v.clone() + 1 for k, v in opt.state[ours[4]].items()}
-    ref.state[refs[4]] = {k: v.clone() + 1 for k, v in ref.state[refs[4]].items()}
+def _new_state_dict(ours, refs, opt, ref, o=0):
+    opt.state[ours[o + 4]] = {k: v.clone() + 1 for k, v in opt.state[ours[o + 4]].items()}
+    ref.state[refs[o + 4]] = {k: v.clone() + 1 for k, v in ref.state[refs[o + 4]].items()}
 
 
-def _data_swapped_in_place(ours, refs, opt, ref):
+def _data_swapped_in_place(ours, refs, opt, ref, o=0):
     # Same Python object, new storage: the kernels must write the new one.
-    for o, state, p in ((opt, opt.state, ours[5]), (ref, ref.state, refs[5])):
+    for state, p in ((opt.state, ours[o + 5]), (ref.state, refs[o + 5])):
         state[p]["exp_avg_sq"].data = torch.full_like(p, 2.0)
 
 
-def _load_torch_state_dict(ours, refs, opt, ref):
+def _state_layout_changed_in_place(ours, refs, opt, ref, o=0):
+    # Same object and dict, other memory order: the state is laid out like its param again (a copy).
+    for state, p in ((opt.state, ours[o + 1]), (ref.state, refs[o + 1])):
+        t = state[p]["exp_avg"]
+        t.data = t.t().contiguous().t()
+
+
+def _load_torch_state_dict(ours, refs, opt, ref, o=0):
     opt.load_state_dict(copy.deepcopy(ref.state_dict()))
 
 
-def _params_reordered(ours, refs, opt, ref):
+def _params_reordered(ours, refs, opt, ref, o=0):
     opt.param_groups[0]["params"].reverse()
     ref.param_groups[0]["params"].reverse()
 
 
-def _param_replaced(ours, refs, opt, ref):
-    fresh = torch.randn(ours[1].shape)
-    ours[1] = fresh
-    refs[1] = fresh.clone()
-    opt.param_groups[0]["params"][1] = ours[1]
-    ref.param_groups[0]["params"][1] = refs[1]
+def _param_replaced(ours, refs, opt, ref, o=0):
+    fresh = torch.randn(ours[o + 1].shape)
+    ours[o + 1] = fresh
+    refs[o + 1] = fresh.clone()
+    opt.param_groups[0]["params"][o + 1] = ours[o + 1]
+    ref.param_groups[0]["params"][o + 1] = refs[o + 1]
 
 
-def _param_added_to_group(ours, refs, opt, ref):
+def _param_added_to_group(ours, refs, opt, ref, o=0):
     extra = torch.randn(4)
     ours.append(extra)
     refs.append(extra.clone())
@@ -108,7 +130,7 @@ def _param_added_to_group(ours, refs, opt, ref):
     ref.param_groups[0]["params"].append(refs[-1])
 
 
-def _param_group_added(ours, refs, opt, ref):
+def _param_group_added(ours, refs, opt, ref, o=0):
     extra = torch.randn(3, 3)
     ours.append(extra)
     refs.append(extra.clone())
@@ -116,14 +138,14 @@ def _param_group_added(ours, refs, opt, ref):
     ref.add_param_group({"params": [refs[-1]], "lr": 0.01})
 
 
-def _state_read_for_a_param_without_state(ours, refs, opt, ref):
+def _state_read_for_a_param_without_state(ours, refs, opt, ref, o=0):
     # optimizer.state is a defaultdict: reading it for a new key inserts an empty dict.
     extra = torch.randn(2)
     opt.state[extra]
     ref.state[extra]
 
 
-def _amsgrad_switched_on(ours, refs, opt, ref):
+def _amsgrad_switched_on(ours, refs, opt, ref, o=0):
     # Another set of state keys. torch raises KeyError for the missing max_exp_avg_sq (it creates state
     # only on a param's first step); fusedopt creates it as torch would have, zeros: given those, both
     # agree.
@@ -134,59 +156,84 @@ def _amsgrad_switched_on(ours, refs, opt, ref):
 
 
 SCENARIOS = [_replace_state_tensor, _replace_step_count, _delete_state, _clear_one_state, _new_state_dict,
-             _data_swapped_in_place, _load_torch_state_dict, _params_reordered, _param_replaced,
+             _data_swapped_in_place, _state_layout_changed_in_place, _load_torch_state_dict, _params_reordered, _param_replaced,
              _param_added_to_group, _param_group_added, _state_read_for_a_param_without_state,
              _amsgrad_switched_on]
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("change", SCENARIOS, ids=[f.__name__.strip("_") for f in SCENARIOS])
-def test_changes_between_steps_are_seen(change):
-    ours, refs, opt, ref = _pair()
+def test_changes_between_steps_are_seen(change, size):
+    n, offset = SIZES[size]
+    ours, refs, opt, ref = _pair(n)
     gen = torch.Generator().manual_seed(1)
     for _ in range(WARM_STEPS):
         _step(ours, refs, opt, ref, gen)
     if SUPPORTED:
         assert _lookups(opt).reuses == WARM_STEPS - 2
-    change(ours, refs, opt, ref)
+    _assert_settled_reads_used(opt, n)
+    change(ours, refs, opt, ref, offset)
     for _ in range(3):
         _step(ours, refs, opt, ref, gen)
         _assert_same(ours, refs, opt, ref)
 
 
-def test_params_without_grads_on_some_steps():
-    ours, refs, opt, ref = _pair()
+@pytest.mark.parametrize("size", SIZES)
+def test_params_without_grads_on_some_steps(size):
+    n, o = SIZES[size]
+    ours, refs, opt, ref = _pair(n)
     gen = torch.Generator().manual_seed(3)
-    plan = [(), (), (), (1, 4), (1, 4), (), (0,), (), ()]
+    plan = [(), (), (), (o + 1, o + 4), (o + 1, o + 4), (), (o,), (), ()]
     for skip in plan:
         _step(ours, refs, opt, ref, gen, skip=skip)
         _assert_same(ours, refs, opt, ref)
     if SUPPORTED:
         assert _lookups(opt).reuses >= 4
+    _assert_settled_reads_used(opt, n)
 
 
-def _wrong_shape_state_put_in(opt, params):
-    opt.state[params[3]]["exp_avg_sq"] = torch.zeros(5)
-    return "param 3: state 'exp_avg_sq' has shape"
+@pytest.mark.parametrize("size", SIZES)
+def test_grads_laid_out_unlike_their_params(size):
+    n, o = SIZES[size]
+    ours, refs, opt, ref = _pair(n)
+    gen = torch.Generator().manual_seed(5)
+    for transposed in [(), (), (), (), (o + 1,), (o + 1, o + 7), ()]:
+        _step(ours, refs, opt, ref, gen, transposed=transposed)
+        _assert_same(ours, refs, opt, ref)
+    _assert_settled_reads_used(opt, n)
 
 
-def _state_resized_in_place(opt, params):
+def _wrong_shape_state_put_in(opt, params, o):
+    opt.state[params[o + 3]]["exp_avg_sq"] = torch.zeros(5)
+    return f"param {o + 3}: state 'exp_avg_sq' has shape"
+
+
+def _state_resized_in_place(opt, params, o):
     # Same object and dict, so the kept lookup holds; the tensor itself is checked again every step.
-    opt.state[params[0]]["exp_avg"].data = torch.zeros(7)
-    return "param 0: state 'exp_avg' has shape"
+    opt.state[params[o]]["exp_avg"].data = torch.zeros(7)
+    return f"param {o}: state 'exp_avg' has shape"
 
 
-@pytest.mark.parametrize("break_state", [_wrong_shape_state_put_in, _state_resized_in_place],
-                         ids=["replaced", "resized_in_place"])
-def test_state_of_wrong_shape_after_steps_is_rejected_before_any_update(break_state):
-    ours, refs, opt, ref = _pair()
+def _sparse_grad(opt, params, o):
+    # Nothing kept changed; the grad is read afresh every step.
+    params[o + 1].grad = params[o + 1].grad.to_sparse()
+    return f"param {o + 1}: has a sparse gradient"
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("break_state", [_wrong_shape_state_put_in, _state_resized_in_place, _sparse_grad],
+                         ids=["replaced", "resized_in_place", "sparse_grad"])
+def test_bad_input_after_steps_is_rejected_before_any_update(break_state, size):
+    n, offset = SIZES[size]
+    ours, refs, opt, ref = _pair(n)
     gen = torch.Generator().manual_seed(4)
     for _ in range(WARM_STEPS):
         _step(ours, refs, opt, ref, gen)
-    message = break_state(opt, ours)
     for p in ours:
         p.grad = torch.randn(p.shape)
+    message = break_state(opt, ours, offset)
     snap = snapshot(opt)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, RuntimeError), match=message):
         opt.step()
     assert_unchanged(opt, snap)
 

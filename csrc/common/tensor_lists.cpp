@@ -32,17 +32,16 @@ constexpr int64_t kParallelCheckGrain = 256;
 // core's fill buffers busy.
 constexpr size_t kCheckAhead = 8;
 
-// Whether a pass over n entries runs on all threads (for_entry_blocks).
-bool entries_in_parallel(size_t n) {
-  return n >= kParallelCheckMin && at::get_num_threads() > 1 && !at::in_parallel_region();
-}
-
 // fn over the blocks of [begin, end).
 void for_blocks_of(size_t begin, size_t end, const EntryBlockFn& fn) {
   for (size_t b = begin; b < end; b += kEntryBlock) fn(b, std::min(end, b + kEntryBlock));
 }
 
 }  // namespace
+
+bool entries_in_parallel(size_t n) {
+  return n >= kParallelCheckMin && at::get_num_threads() > 1 && !at::in_parallel_region();
+}
 
 void for_entry_blocks(size_t n, const EntryBlockFn& fn) {
   if (entries_in_parallel(n)) {

@@ -40,6 +40,10 @@ constexpr size_t kEntryBlock = 256;
 
 using EntryBlockFn = std::function<void(size_t begin, size_t end)>;
 
+// Whether a pass over n entries runs on all threads (for_entry_blocks): long lists, more than one
+// thread, not already inside a parallel region.
+bool entries_in_parallel(size_t n);
+
 // Runs fn(begin, end) over blocks of at most kEntryBlock entries covering [0, n): on all threads for
 // long lists, else on the calling thread. For passes that only read tensors' metadata: such a pass over
 // thousands of tensors waits on cache misses, which more cores overlap.

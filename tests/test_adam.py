@@ -233,6 +233,29 @@ def test_params_without_grad_keep_their_own_step_counts(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_many_tiny_params_with_their_own_step_counts(device):
+    """1,500 params of at most 3 elements (0-dim and empty among them) whose neighbours have other step
+    counts. The CPU splits so many tensors across threads however few their elements, and each thread
+    keeps the bias corrections of the last count it saw: they must be of that count."""
+    shapes = [(), (0,), (1,), (2,), (3,)]
+    gen = torch.Generator().manual_seed(11)
+    params = [make_tensor(shapes[i % len(shapes)], torch.float32, device, generator=gen) for i in range(1500)]
+    ours, theirs = [p.clone() for p in params], [p.clone() for p in params]
+    a = fusedopt.optim.Adam(ours, lr=0.05, weight_decay=0.1)
+    b = _torch_adam(theirs, lr=0.05, weight_decay=0.1)
+    for step in range(6):
+        for i, (p, q) in enumerate(zip(ours, theirs)):
+            g = torch.randn(p.shape, generator=gen).to(device) if step % (1 + i % 3) == 0 else None
+            p.grad, q.grad = g, (g.clone() if g is not None else None)
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        assert_close(p, q, torch.float32)
+        assert a.state[p]["step"].item() == b.state[q]["step"].item()
+    assert sorted({a.state[p]["step"].item() for p in ours}) == [2, 3, 6]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scheduler", ["step", "onecycle", "cosine"])
 def test_param_groups_closure_and_schedulers(device, scheduler):
     results = []

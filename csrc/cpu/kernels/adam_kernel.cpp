@@ -1,4 +1,6 @@
 // Adam/AdamW on CPU: compiled once per CPU variant (see csrc/cpu/dispatch.h).
+#include <vector>
+
 #include "cpu/kernels/adam_kernels.h"
 #include "cpu/multi_tensor_cpu.h"
 
@@ -56,6 +58,12 @@ void adam_master_segment(const std::array<void*, 7>& ptrs, int64_t begin, int64_
 
 }  // namespace
 
+struct CachedBiasCorrections {
+  bool valid = false;
+  double step = 0;
+  AdamBiasCorrections corrections{};
+};
+
 void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
   const AdamHyper& h = args.hyper;
   // The masks (which lists are read and written) become template arguments.
@@ -63,12 +71,18 @@ void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
     with_grad_scaling(args.unscale_grads, args.write_grads, [&](auto unscale, auto store) {
       constexpr unsigned kRead = adam_read_mask(amsgrad);
       constexpr unsigned kWrite = adam_write_mask(amsgrad, store);
+      // Per thread, the bias corrections of the last step count seen: params mostly share one count,
+      // and two pow() per tensor were ~2% of a step over 20,000 small tensors.
+      std::vector<CachedBiasCorrections> cached(static_cast<size_t>(at::get_num_threads()));
       for_each_segment_parallel(lists, [&](size_t i, int64_t begin, int64_t end) {
         const auto& ptrs = lists.ptrs[i];
         // This tensor's step count (already incremented by the entry point).
         const double step = *static_cast<const float*>(ptrs[kAdamStepList]);
+        CachedBiasCorrections& c = cached[static_cast<size_t>(at::get_thread_num())];
+        if (!c.valid || c.step != step) c = {true, step, adam_bias_corrections(h, step)};
+        const AdamBiasCorrections& bc = c.corrections;
         if (args.has_master) {
-          const auto s = adam_scalars<float>(h, args.lr, step);
+          const auto s = adam_scalars<float>(h, args.lr, bc);
           if (lists.dtype[i] == at::kHalf) {
             adam_master_segment<decltype(unscale)::value, decltype(store)::value, at::Half>(ptrs, begin, end - begin, h, s, float(args.grad_scale));
           } else {
@@ -79,7 +93,7 @@ void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lists.dtype[i], "fusedopt.adam_", [&] {
           using opmath_t = typename VecIO<scalar_t>::opmath_t;
           using V = Vectorized<opmath_t>;
-          const auto s = adam_scalars<opmath_t>(h, args.lr, step);
+          const auto s = adam_scalars<opmath_t>(h, args.lr, bc);
           const V scale(static_cast<opmath_t>(args.grad_scale));
           std::array<scalar_t*, 5> arrays;
           for (int k = 0; k < 5; ++k) {

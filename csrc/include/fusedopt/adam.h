@@ -34,8 +34,19 @@ struct AdamScalars {
   S neg_step_size;  // -lr / (1 - beta1**step)
 };
 
+// The step count's part of the scalars: 1 - beta1**step and sqrt(1 - beta2**step).
+struct AdamBiasCorrections {
+  double bias_correction1;
+  double bias_correction2_sqrt;
+};
+
+FUSEDOPT_INLINE AdamBiasCorrections adam_bias_corrections(const AdamHyper& h, double step) {
+  const double bias_correction2 = 1 - ::pow(h.beta2, step);
+  return {1 - ::pow(h.beta1, step), ::sqrt(bias_correction2)};  // torch: bias_correction2 ** 0.5
+}
+
 template <typename S>
-FUSEDOPT_INLINE AdamScalars<S> adam_scalars(const AdamHyper& h, double lr, double step) {
+FUSEDOPT_INLINE AdamScalars<S> adam_scalars(const AdamHyper& h, double lr, const AdamBiasCorrections& bc) {
   AdamScalars<S> s;
   s.weight_decay = S(h.weight_decay);
   s.decay_factor = S(1 - lr * h.weight_decay);
@@ -46,12 +57,15 @@ FUSEDOPT_INLINE AdamScalars<S> adam_scalars(const AdamHyper& h, double lr, doubl
   s.lerp_coeff = s.lerp_from_m ? S(weight) : S(S(weight) - S(1));
   s.beta2 = S(h.beta2);
   s.one_minus_beta2 = S(1 - h.beta2);
-  const double bias_correction1 = 1 - ::pow(h.beta1, step);
-  const double bias_correction2 = 1 - ::pow(h.beta2, step);
-  s.bias_correction2_sqrt = S(::sqrt(bias_correction2));  // torch: bias_correction2 ** 0.5
+  s.bias_correction2_sqrt = S(bc.bias_correction2_sqrt);
   s.eps = S(h.eps);
-  s.neg_step_size = S(-(lr / bias_correction1));
+  s.neg_step_size = S(-(lr / bc.bias_correction1));
   return s;
+}
+
+template <typename S>
+FUSEDOPT_INLINE AdamScalars<S> adam_scalars(const AdamHyper& h, double lr, double step) {
+  return adam_scalars<S>(h, lr, adam_bias_corrections(h, step));
 }
 
 // Follows torch.optim.Adam's single-tensor path (_single_tensor_adam, capturable=False) operation by

@@ -13,7 +13,8 @@ import torch
 import fusedopt
 from conftest import DEVICES, DTYPES, assert_close, make_tensor, param_zoo
 from optim_parity import (LONG_LIST, LONG_LIST_BAD_ENTRIES, assert_op_rejects_before_writing,
-                          check_bad_input_in_later_group_modifies_nothing, check_long_lists_reject_first_bad_entry, check_grad_scaler_matches_torch,
+                          check_bad_input_in_later_group_modifies_nothing, check_grad_scaler_matches_torch,
+                          check_long_lists_reject_first_bad_entry,
                           check_op_unscales_and_skips, fresh_model, train)
 
 HALF = (torch.float16, torch.bfloat16)
@@ -650,13 +651,15 @@ LONG_LIST_CASES = {  # list index, the bad tensor, the error
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", LONG_LIST_BAD_ENTRIES.values(), ids=LONG_LIST_BAD_ENTRIES.keys())
 @pytest.mark.parametrize("case", LONG_LIST_CASES)
-def test_op_rejects_bad_entry_of_long_lists(bad, case):
+def test_op_rejects_bad_entry_of_long_lists(bad, case, device):
     lists = [[torch.full((3,), 2.0) for _ in range(LONG_LIST)] for _ in range(5)]
     lists.append([torch.zeros(()) for _ in range(LONG_LIST)])
     k, make_bad, message = LONG_LIST_CASES[case]
-    check_long_lists_reject_first_bad_entry(torch.ops.fusedopt.adam_, lists, _op_kwargs(), k, bad, make_bad, message)
+    check_long_lists_reject_first_bad_entry(torch.ops.fusedopt.adam_, lists, _op_kwargs(), k, bad, make_bad, message,
+                                            device)
 
 
 def test_op_with_masters_rejects_bad_entry_of_long_lists():

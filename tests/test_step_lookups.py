@@ -156,8 +156,8 @@ def _amsgrad_switched_on(ours, refs, opt, ref, o=0):
 
 
 SCENARIOS = [_replace_state_tensor, _replace_step_count, _delete_state, _clear_one_state, _new_state_dict,
-             _data_swapped_in_place, _state_layout_changed_in_place, _load_torch_state_dict, _params_reordered, _param_replaced,
-             _param_added_to_group, _param_group_added, _state_read_for_a_param_without_state,
+             _data_swapped_in_place, _state_layout_changed_in_place, _load_torch_state_dict, _params_reordered,
+             _param_replaced, _param_added_to_group, _param_group_added, _state_read_for_a_param_without_state,
              _amsgrad_switched_on]
 
 

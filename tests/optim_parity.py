@@ -120,23 +120,6 @@ def assert_op_rejects_before_writing(op, lists, kwargs, message):
             assert torch.equal(t.to_dense(), t0.to_dense())
 
 
-# Positions of bad entries in lists of LONG_LIST entries, which the ops check on several threads in
-# blocks of 256 (csrc/common/tensor_lists.cpp), filling their view of each block as its checks pass.
-LONG_LIST = 1000
-LONG_LIST_BAD_ENTRIES = {"late": [700], "early_and_late": [40, 700], "ends": [0, 999], "block_edge": [255, 256]}
-
-
-def check_long_lists_reject_first_bad_entry(op, lists, kwargs, list_index, bad, make_bad, message, device="cpu"):
-    """op(*lists, **kwargs) over lists of LONG_LIST entries (moved to `device`), with make_bad() at the
-    positions `bad` of lists[list_index], raises naming the first bad entry (`message` formatted with
-    its index) and writes nothing: whichever thread meets a bad entry first, and although the view of
-    the blocks before it was filled."""
-    lists = [[t.to(device) for t in lst] for lst in lists]
-    for i in bad:
-        lists[list_index][i] = make_bad().to(device)
-    assert_op_rejects_before_writing(op, lists, kwargs, message.format(bad[0]))
-
-
 def check_bad_input_in_later_group_modifies_nothing(cls, bad, *, kwargs, state_keys=(), message=None):
     """One step of optimizer class `cls` (constructor kwargs `kwargs`) with bad input in its second param
     group raises before anything is modified: params, grads and state of every group compare equal to a

@@ -12,9 +12,7 @@ import torch
 
 import fusedopt
 from conftest import DEVICES, DTYPES, assert_close, make_tensor, param_zoo
-from optim_parity import (LONG_LIST, LONG_LIST_BAD_ENTRIES, assert_op_rejects_before_writing,
-                          check_bad_input_in_later_group_modifies_nothing, check_grad_scaler_matches_torch,
-                          check_long_lists_reject_first_bad_entry,
+from optim_parity import (assert_op_rejects_before_writing, check_bad_input_in_later_group_modifies_nothing, check_grad_scaler_matches_torch,
                           check_op_unscales_and_skips, fresh_model, train)
 
 HALF = (torch.float16, torch.bfloat16)
@@ -642,35 +640,6 @@ def test_op_rejects_bad_input_before_writing(name, edit, extra, message):
     lists = [[torch.full((5,), 2.0)] + l for l in _lists()[:5]] + [[torch.zeros(()), torch.zeros(())]]
     edit(lists)
     assert_op_rejects_before_writing(torch.ops.fusedopt.adam_, lists, _op_kwargs(**extra), message)
-
-
-LONG_LIST_CASES = {  # list index, the bad tensor, the error
-    "exp_avgs": (2, lambda: torch.ones(3, dtype=torch.float64), "exp_avgs\\[{}\\] has dtype Double"),
-    "state_steps": (5, lambda: torch.zeros((), dtype=torch.float64), "state_steps\\[{}\\] has dtype Double"),
-    "sparse_grads": (1, lambda: torch.ones(3).to_sparse(), "grads\\[{}\\] has layout Sparse"),
-}
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("bad", LONG_LIST_BAD_ENTRIES.values(), ids=LONG_LIST_BAD_ENTRIES.keys())
-@pytest.mark.parametrize("case", LONG_LIST_CASES)
-def test_op_rejects_bad_entry_of_long_lists(bad, case, device):
-    lists = [[torch.full((3,), 2.0) for _ in range(LONG_LIST)] for _ in range(5)]
-    lists.append([torch.zeros(()) for _ in range(LONG_LIST)])
-    k, make_bad, message = LONG_LIST_CASES[case]
-    check_long_lists_reject_first_bad_entry(torch.ops.fusedopt.adam_, lists, _op_kwargs(), k, bad, make_bad, message,
-                                            device)
-
-
-def test_op_with_masters_rejects_bad_entry_of_long_lists():
-    half = lambda: [torch.full((3,), 2.0, dtype=torch.bfloat16) for _ in range(LONG_LIST)]  # noqa: E731
-    full = lambda: [torch.full((3,), 2.0) for _ in range(LONG_LIST)]  # noqa: E731
-    lists = [half(), half(), full(), full(), full(), [torch.zeros(()) for _ in range(LONG_LIST)]]
-    masters = full()
-    masters[600] = torch.ones(4)
-    lists[5][700] = torch.zeros(2)
-    assert_op_rejects_before_writing(torch.ops.fusedopt.adam_, lists, _op_kwargs(master_params=masters),
-                                     "master_params\\[600\\] has shape")
 
 
 # ---------------------------------------------------------------------------------------------

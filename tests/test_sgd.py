@@ -12,9 +12,8 @@ import torch
 
 import fusedopt
 from conftest import DEVICES, DTYPES, assert_close, make_tensor, param_zoo
-from optim_parity import (LONG_LIST, LONG_LIST_BAD_ENTRIES, assert_op_rejects_before_writing,
-                          check_long_lists_reject_first_bad_entry, check_bad_input_in_later_group_modifies_nothing,
-                          check_grad_scaler_matches_torch, check_op_unscales_and_skips, fresh_model, train)
+from optim_parity import (assert_op_rejects_before_writing, check_bad_input_in_later_group_modifies_nothing, check_grad_scaler_matches_torch,
+                          check_op_unscales_and_skips, fresh_model, train)
 
 # Every valid combination of the options (torch: Nesterov needs momentum > 0 and no dampening).
 OPTION_COMBOS = [
@@ -375,23 +374,6 @@ def test_op_rejects_bad_input_before_writing(name, make, extra, message):
     bufs = ([torch.ones(5)] + bufs) if bufs or name != "momentum_without_buffers" else bufs
     assert_op_rejects_before_writing(torch.ops.fusedopt.sgd_, [params, grads, bufs], _op_kwargs(**extra),
                                      message)
-
-
-LONG_LIST_CASES = {  # list index, the bad tensor, the error
-    "momentum_buffers": (2, lambda: torch.ones(3, 1), "momentum_buffers\\[{}\\] has shape"),
-    "params_gaps": (0, lambda: torch.ones(3, 2)[:, 0], "params\\[{}\\] is not dense"),
-    "sparse_grads": (1, lambda: torch.ones(3).to_sparse(), "grads\\[{}\\] has layout Sparse"),
-}
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("bad", LONG_LIST_BAD_ENTRIES.values(), ids=LONG_LIST_BAD_ENTRIES.keys())
-@pytest.mark.parametrize("case", LONG_LIST_CASES)
-def test_op_rejects_bad_entry_of_long_lists(bad, case, device):
-    lists = [[torch.full((3,), 2.0) for _ in range(LONG_LIST)] for _ in range(3)]
-    k, make_bad, message = LONG_LIST_CASES[case]
-    check_long_lists_reject_first_bad_entry(torch.ops.fusedopt.sgd_, lists, _op_kwargs(), k, bad, make_bad, message,
-                                            device)
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])

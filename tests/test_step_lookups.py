@@ -77,6 +77,12 @@ def _replace_step_count(ours, refs, opt, ref, o=0):
     ref.state[refs[o + 2]]["step"] = torch.tensor(100.0)
 
 
+def _step_count_retyped_in_place(ours, refs, opt, ref, o=0):
+    # Same object and dict, so the kept lookup holds; the count must still be found to need a repair.
+    for state, p in ((opt.state, ours[o + 2]), (ref.state, refs[o + 2])):
+        state[p]["step"].data = torch.tensor(100.0, dtype=torch.float64)
+
+
 def _delete_state(ours, refs, opt, ref, o=0):
     del opt.state[ours[o + 0]]
     del ref.state[refs[o + 0]]
@@ -155,10 +161,10 @@ def _amsgrad_switched_on(ours, refs, opt, ref, o=0):
         ref.state[q]["max_exp_avg_sq"] = torch.zeros_like(q)
 
 
-SCENARIOS = [_replace_state_tensor, _replace_step_count, _delete_state, _clear_one_state, _new_state_dict,
-             _data_swapped_in_place, _state_layout_changed_in_place, _load_torch_state_dict, _params_reordered,
-             _param_replaced, _param_added_to_group, _param_group_added, _state_read_for_a_param_without_state,
-             _amsgrad_switched_on]
+SCENARIOS = [_replace_state_tensor, _replace_step_count, _step_count_retyped_in_place, _delete_state,
+             _clear_one_state, _new_state_dict, _data_swapped_in_place, _state_layout_changed_in_place,
+             _load_torch_state_dict, _params_reordered, _param_replaced, _param_added_to_group, _param_group_added,
+             _state_read_for_a_param_without_state, _amsgrad_switched_on]
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -214,6 +220,11 @@ def _state_resized_in_place(opt, params, o):
     return f"param {o}: state 'exp_avg' has shape"
 
 
+def _step_resized_in_place(opt, params, o):
+    opt.state[params[o + 2]]["step"].data = torch.zeros(2)
+    return "the state 'step' of a param is a tensor of 2 elements"
+
+
 def _sparse_grad(opt, params, o):
     # Nothing kept changed; the grad is read afresh every step.
     params[o + 1].grad = params[o + 1].grad.to_sparse()
@@ -221,8 +232,9 @@ def _sparse_grad(opt, params, o):
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("break_state", [_wrong_shape_state_put_in, _state_resized_in_place, _sparse_grad],
-                         ids=["replaced", "resized_in_place", "sparse_grad"])
+@pytest.mark.parametrize("break_state", [_wrong_shape_state_put_in, _state_resized_in_place, _step_resized_in_place,
+                                         _sparse_grad],
+                         ids=["replaced", "resized_in_place", "step_resized_in_place", "sparse_grad"])
 def test_bad_input_after_steps_is_rejected_before_any_update(break_state, size):
     n, offset = SIZES[size]
     ours, refs, opt, ref = _pair(n)

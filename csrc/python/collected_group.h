@@ -140,6 +140,11 @@ struct ScalarCheck {
       fixes.push_back(i);
     }
   }
+
+  // add() for a state whose fit is known not to be kBad.
+  void add_fit(int64_t i, ScalarFit fit) {
+    if (bad < 0 && fit == ScalarFit::kFix) fixes.push_back(i);
+  }
 };
 
 // The params of one param group that have a grad, with their grads and state tensors.

@@ -238,6 +238,8 @@ struct SettledEntry {
   bool has_grad = false;
   bool grad_fix = false;
   uint32_t state_fixes = 0;                          // bit s: state s laid out unlike the param
+  uint32_t scalar_fixes = 0;                         // bit s: scalar state s to be moved or retyped
+  at::Device device{at::kCPU};                       // the param's
   std::array<PyObject*, kMaxSettledKeys> values{};  // state[param][key s], borrowed; null when missing
 };
 
@@ -270,6 +272,7 @@ SettledEntry read_settled_entry(PyObject* obj, size_t i, const StateLookups& loo
       return e;
     }
     e.has_grad = true;
+    e.device = p.device();
     e.grad_fix = !g.is_non_overlapping_and_dense() || !same_memory_order(p, g);
     const size_t nkeys = is_scalar.size();
     if (nkeys > 0) {
@@ -284,8 +287,13 @@ SettledEntry read_settled_entry(PyObject* obj, size_t i, const StateLookups& loo
       if (e.values[s] == nullptr) continue;
       const at::Tensor* state = plain_tensor(e.values[s]);
       if (state == nullptr) return e;
-      if (is_scalar[s]) continue;
       const at::Tensor& t = *state;
+      if (is_scalar[s]) {
+        const ScalarFit fit = scalar_fit(t, e.device);
+        if (fit == ScalarFit::kBad) return e;  // the full pass records it
+        if (fit == ScalarFit::kFix) e.scalar_fixes |= 1u << s;
+        continue;
+      }
       if (t.sizes() != p.sizes()) return e;
       if (t.scalar_type() != p.scalar_type() || t.device() != p.device() || !t.is_non_overlapping_and_dense() ||
           !same_memory_order(p, t)) {
@@ -314,11 +322,14 @@ void take_settled(CollectedGroup& out, PyObject* obj, const SettledEntry& e, con
     const at::Tensor& t = THPVariable_Unpack(value);
     out.state_objects.append(py::handle(value));
     out.states[s].push_borrowed(t);
-    if (is_scalar[s]) out.scalar_checks[s].add(k, t, p.device());
-    else if (e.state_fixes >> s & 1u) out.state_fixes.emplace_back(static_cast<int64_t>(s), k);
+    if (is_scalar[s]) {
+      out.scalar_checks[s].add_fit(k, e.scalar_fixes >> s & 1u ? ScalarFit::kFix : ScalarFit::kOk);
+    } else if (e.state_fixes >> s & 1u) {
+      out.state_fixes.emplace_back(static_cast<int64_t>(s), k);
+    }
   }
-  if (std::find(out.devices.begin(), out.devices.end(), p.device()) == out.devices.end()) {
-    out.devices.push_back(p.device());
+  if (std::find(out.devices.begin(), out.devices.end(), e.device) == out.devices.end()) {
+    out.devices.push_back(e.device);
   }
   out.param_objects.append(py::handle(obj));
   out.params.push_borrowed(p);

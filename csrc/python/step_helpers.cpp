@@ -220,6 +220,30 @@ void look_ahead(PyObject* list, int64_t begin, int64_t end, PyObject* state,
   }
 }
 
+// ---- What the kernels take: one set of rules for the full pass and the settled read ----------------
+// The first reason a param with a grad cannot be stepped by a fused kernel (kOk: none).
+enum class GradProblem { kOk, kSparse, kComplex, kDtype, kMismatch, kGaps };
+
+GradProblem grad_problem(const at::Tensor& p, const at::Tensor& g) {
+  if (g.layout() != at::kStrided) return GradProblem::kSparse;
+  if (at::isComplexType(p.scalar_type())) return GradProblem::kComplex;
+  if (!is_supported_dtype(p.scalar_type())) return GradProblem::kDtype;
+  if (g.scalar_type() != p.scalar_type() || g.device() != p.device() || g.sizes() != p.sizes()) {
+    return GradProblem::kMismatch;
+  }
+  if (!p.is_non_overlapping_and_dense()) return GradProblem::kGaps;
+  return GradProblem::kOk;
+}
+
+// Whether a grad or state tensor of the param's shape is laid out unlike the param (gaps, or another
+// memory order); a state also needs a repair when of another dtype or device (repair_layouts).
+bool laid_out_unlike(const at::Tensor& p, const at::Tensor& t) {
+  return !t.is_non_overlapping_and_dense() || !same_memory_order(p, t);
+}
+bool state_needs_fix(const at::Tensor& p, const at::Tensor& t) {
+  return t.scalar_type() != p.scalar_type() || t.device() != p.device() || laid_out_unlike(p, t);
+}
+
 #if FUSEDOPT_DICT_TAGS
 // ---- Reading an unchanged group on all threads -----------------------------------------------------
 // Once a group's lookups are kept (StateLookups), what is left of collect_group per param is reading
@@ -265,15 +289,10 @@ SettledEntry read_settled_entry(PyObject* obj, size_t i, const StateLookups& loo
       e.settled = true;
       return e;
     }
-    if (g.unsafeGetTensorImpl()->is_python_dispatch() || g.layout() != at::kStrided ||
-        at::isComplexType(p.scalar_type()) || !is_supported_dtype(p.scalar_type()) ||
-        g.scalar_type() != p.scalar_type() || g.device() != p.device() || g.sizes() != p.sizes() ||
-        !p.is_non_overlapping_and_dense()) {
-      return e;
-    }
+    if (g.unsafeGetTensorImpl()->is_python_dispatch() || grad_problem(p, g) != GradProblem::kOk) return e;
     e.has_grad = true;
     e.device = p.device();
-    e.grad_fix = !g.is_non_overlapping_and_dense() || !same_memory_order(p, g);
+    e.grad_fix = laid_out_unlike(p, g);
     const size_t nkeys = is_scalar.size();
     if (nkeys > 0) {
       if (!lookups.recorded[i]) return e;
@@ -295,10 +314,7 @@ SettledEntry read_settled_entry(PyObject* obj, size_t i, const StateLookups& loo
         continue;
       }
       if (t.sizes() != p.sizes()) return e;
-      if (t.scalar_type() != p.scalar_type() || t.device() != p.device() || !t.is_non_overlapping_and_dense() ||
-          !same_memory_order(p, t)) {
-        e.state_fixes |= 1u << s;
-      }
+      if (state_needs_fix(p, t)) e.state_fixes |= 1u << s;
     }
     e.settled = true;
   } catch (...) {
@@ -408,25 +424,24 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
     if (sharded) shard = local_param_and_grad(obj, g_arg, where, i);
     const at::Tensor& p = sharded ? shard.first : p_arg;
     const at::Tensor& g = sharded ? shard.second : g_arg;
-    if (g.layout() != at::kStrided) fail(where, i, "has a sparse gradient; fused kernels need dense gradients");
-    if (at::isComplexType(p.scalar_type())) {
-      fail(where, i, "is complex (" + std::string(c10::toString(p.scalar_type())) +
-                         "); complex parameters are not supported");
-    }
-    if (!is_supported_dtype(p.scalar_type())) {
-      fail(where, i, "has dtype " + std::string(c10::toString(p.scalar_type())) +
-                         "; expected float32, float64, float16 or bfloat16");
-    }
-    if (g.scalar_type() != p.scalar_type() || g.device() != p.device() || g.sizes() != p.sizes()) {
-      fail(where, i, "is " + describe(p) + " but its grad is " + describe(g) +
-                         "; expected the same dtype, shape and device");
-    }
-    if (!p.is_non_overlapping_and_dense()) {
-      fail(where, i, "is a strided view with gaps in its memory; fused kernels need parameters "
-                     "that fill their memory");
+    switch (grad_problem(p, g)) {
+      case GradProblem::kOk: break;
+      case GradProblem::kSparse: fail(where, i, "has a sparse gradient; fused kernels need dense gradients");
+      case GradProblem::kComplex:
+        fail(where, i, "is complex (" + std::string(c10::toString(p.scalar_type())) +
+                           "); complex parameters are not supported");
+      case GradProblem::kDtype:
+        fail(where, i, "has dtype " + std::string(c10::toString(p.scalar_type())) +
+                           "; expected float32, float64, float16 or bfloat16");
+      case GradProblem::kMismatch:
+        fail(where, i, "is " + describe(p) + " but its grad is " + describe(g) +
+                           "; expected the same dtype, shape and device");
+      case GradProblem::kGaps:
+        fail(where, i, "is a strided view with gaps in its memory; fused kernels need parameters "
+                       "that fill their memory");
     }
     const int64_t k = out.size();
-    if (!g.is_non_overlapping_and_dense() || !same_memory_order(p, g)) out.grad_fixes.push_back(k);
+    if (laid_out_unlike(p, g)) out.grad_fixes.push_back(k);
     // state[obj] as looked up ahead; looked up here when it was not (a param without state yet).
     PyObject* entry = keys.empty() ? nullptr : ahead.entries[i - block_begin].ptr();
     const bool looked_ahead = entry != nullptr;
@@ -458,10 +473,7 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
       at::Tensor local;
       if (state_sharded) local = local_state(obj, sharded, value, t_arg, where, i, keys[s]);
       const at::Tensor& t = state_sharded ? local : t_arg;
-      if (t.scalar_type() != p.scalar_type() || t.device() != p.device() ||
-          !t.is_non_overlapping_and_dense() || !same_memory_order(p, t)) {
-        out.state_fixes.emplace_back(static_cast<int64_t>(s), k);
-      }
+      if (state_needs_fix(p, t)) out.state_fixes.emplace_back(static_cast<int64_t>(s), k);
       if (state_sharded) {
         out.states[s].push_owned(local);
       } else {

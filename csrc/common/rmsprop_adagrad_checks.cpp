@@ -5,23 +5,6 @@
 #include "common/tensor_lists.h"
 
 namespace fusedopt {
-namespace {
-
-// The lockstep lists (lists[0] the params) and their step counts, in one walk over the entries.
-void check_lists_and_steps(const char* op, c10::ArrayRef<NamedTensorList> lists, at::TensorList state_steps,
-                           const EntryBlockFn& then) {
-  const at::TensorList params = lists[0].tensors;
-  check_list_lengths(op, lists);
-  check_state_steps_length(op, params, state_steps);
-  if (params.empty()) return;
-  const at::Device device = params[0].device();
-  run_entry_checks(params.size(), [&](size_t begin, size_t end) {
-    check_list_entries(op, lists, device, begin, end);
-    check_state_step_entries(op, params, state_steps, begin, end);
-  }, then);
-}
-
-}  // namespace
 
 void check_rmsprop_inputs(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                           at::TensorList momentum_buffers, at::TensorList grad_avgs,
@@ -40,7 +23,7 @@ void check_rmsprop_inputs(at::TensorList params, at::TensorList grads, at::Tenso
                                                {"square_avgs", square_avgs},
                                                {"momentum_buffers", momentum_buffers, /*may_be_empty=*/momentum <= 0},
                                                {"grad_avgs", grad_avgs, /*may_be_empty=*/!centered}}};
-  check_lists_and_steps(op, lists, state_steps, then);
+  check_lockstep_lists(op, lists, state_steps, then);
   if (params.empty()) return;
   const at::Device device = params[0].device();
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
@@ -54,7 +37,7 @@ void check_adagrad_inputs(at::TensorList params, at::TensorList grads, at::Tenso
                           const std::optional<at::Tensor>& found_inf, const EntryBlockFn& then) {
   constexpr const char* op = "fusedopt.adagrad_";
   const std::array<NamedTensorList, 3> lists{{{"params", params}, {"grads", grads}, {"state_sums", state_sums}}};
-  check_lists_and_steps(op, lists, state_steps, then);
+  check_lockstep_lists(op, lists, state_steps, then);
   if (params.empty()) return;
   const at::Device device = params[0].device();
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);

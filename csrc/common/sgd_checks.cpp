@@ -17,11 +17,9 @@ void check_sgd_inputs(at::TensorList params, at::TensorList grads, at::TensorLis
   const std::array<NamedTensorList, 3> lists{{{"params", params},
                                                {"grads", grads},
                                                {"momentum_buffers", momentum_buffers, /*may_be_empty=*/momentum == 0}}};
-  check_list_lengths(op, lists);
+  check_lockstep_lists(op, lists, std::nullopt, then);
   if (params.empty()) return;
   const at::Device device = params[0].device();
-  run_entry_checks(params.size(), [&](size_t begin, size_t end) { check_list_entries(op, lists, device, begin, end); },
-                   then);
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
   check_scalar_tensor(op, "grad_scale", grad_scale, device, /*allow_float64=*/true);
   check_scalar_tensor(op, "found_inf", found_inf, device);

@@ -123,6 +123,19 @@ void check_list_entries(const char* op, c10::ArrayRef<NamedTensorList> lists, co
   }
 }
 
+void check_lockstep_lists(const char* op, c10::ArrayRef<NamedTensorList> lists,
+                          std::optional<at::TensorList> state_steps, const EntryBlockFn& then) {
+  check_list_lengths(op, lists);
+  const at::TensorList params = lists[0].tensors;
+  if (state_steps) check_state_steps_length(op, params, *state_steps);
+  if (params.empty()) return;
+  const at::Device device = params[0].device();
+  run_entry_checks(params.size(), [&](size_t begin, size_t end) {
+    check_list_entries(op, lists, device, begin, end);
+    if (state_steps) check_state_step_entries(op, params, *state_steps, begin, end);
+  }, then);
+}
+
 void check_state_steps_length(const char* op, at::TensorList params, at::TensorList state_steps) {
   TORCH_CHECK(state_steps.size() == params.size(), op, ": state_steps has ", state_steps.size(),
               " tensors but params has ", params.size(), "; expected one step count per param");

@@ -66,6 +66,11 @@ void check_list_lengths(const char* op, c10::ArrayRef<NamedTensorList> lists);
 void check_list_entries(const char* op, c10::ArrayRef<NamedTensorList> lists, const at::Device& device,
                         size_t begin, size_t end);
 
+// Both parts over lockstep lists and, when given, their per-param step counts (below), in one walk over
+// the entries (run_entry_checks, handing it `then`).
+void check_lockstep_lists(const char* op, c10::ArrayRef<NamedTensorList> lists,
+                          std::optional<at::TensorList> state_steps, const EntryBlockFn& then);
+
 // Checks of per-param step counts, in the same two parts: one float32 1-element strided tensor per
 // param, on its param's device.
 void check_state_steps_length(const char* op, at::TensorList params, at::TensorList state_steps);

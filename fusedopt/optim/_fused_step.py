@@ -67,6 +67,10 @@ class FusedStep:
         the grads it divided by ``grad_scale`` (only GradScaler's unscaling is written back)."""
         raise NotImplementedError
 
+    # torch.compile'd callers (PyTorch's compiled-optimizer recipe, a compiled training step) run the step
+    # as it is: it is one fused op per group already, and dynamo cannot trace the C++ that collects the
+    # group, so tracing it would only add graph breaks, warnings and guards on every call.
+    @torch._disable_dynamo
     @torch.no_grad()
     def step(self, closure=None):
         """Perform a single optimization step.

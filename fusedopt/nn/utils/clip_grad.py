@@ -153,11 +153,28 @@ def get_total_norm(
 def _survey(tensors: list, what: str) -> tuple[int, bool, bool]:
     """(number of DTensors, every plain tensor fills its memory, all on one device), in one C++ pass;
     raises as torch would, naming the first entry the fused kernels cannot take."""
+    if torch.compiler.is_compiling():
+        return _traceable_survey(tensors, what)
     first_bad, n_dtensors, all_dense, one_device = _C.survey_tensors(tensors)
     if first_bad >= 0:
         _check_tensor(tensors[first_bad], what, first_bad)
         raise AssertionError(f"{what}[{first_bad}] was refused by the survey but passes the checks")
     return n_dtensors, all_dense, one_device
+
+
+def _traceable_survey(tensors: list, what: str) -> tuple[int, bool, bool]:
+    """_survey in Python, for torch.compile: dynamo cannot trace into _C.survey_tensors, and with this
+    the clipping functions compile into one graph (fullgraph=True) around the fused ops."""
+    dtensor = _dtensor_type()
+    n_dtensors, all_dense, devices = 0, True, set()
+    for index, t in enumerate(tensors):
+        _check_tensor(t, what, index)
+        if dtensor is not None and isinstance(t, dtensor):
+            n_dtensors += 1
+        else:
+            all_dense = all_dense and _fills_memory(t)
+        devices.add(t.device)
+    return n_dtensors, all_dense, len(devices) == 1
 
 
 def _total_norm(tensors: list, norm_type: float, error_if_nonfinite: bool,

@@ -280,6 +280,32 @@ def test_inplace_autograd():
         FF.dropout(torch.randn(10, requires_grad=True), 0.5, inplace=True)
 
 
+@pytest.mark.parametrize("record", [True, False])
+def test_inplace_counts_as_a_write_for_saved_tensors(record):
+    """An in-place dropout of a tensor that autograd saved makes that backward raise, recorded or
+    under no_grad, as torch's in-place ops do (the op bumps input's version either way)."""
+    x = torch.randn(100, requires_grad=True)
+    h = x * 2
+    s = h.sin()  # saves h
+    version = h._version
+    with torch.set_grad_enabled(record):
+        FF.dropout(h, 0.5, inplace=True)
+    assert h._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        s.sum().backward()
+
+
+def test_inplace_on_a_view_reaches_its_base():
+    x = torch.randn(6, 10, requires_grad=True)
+    base = x * 1
+    view = base[:, 2:7]
+    FF.dropout(view, 0.5, inplace=True)
+    base.backward(torch.ones(6, 10))
+    expected = torch.ones(6, 10)
+    expected[:, 2:7] = (view.detach() != 0).float() * 2
+    assert torch.equal(x.grad, expected)
+
+
 @pytest.mark.parametrize("fn,shape,channels", [
     (FF.dropout1d, (4, 16, 9), 64), (FF.dropout1d, (16, 9), 16),
     (FF.dropout2d, (4, 16, 5, 3), 64), (FF.dropout3d, (2, 16, 3, 2, 4), 32), (FF.dropout3d, (16, 3, 2, 4), 16)])

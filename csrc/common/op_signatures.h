@@ -1,7 +1,8 @@
-// The names and C++ signatures of the optimizer and clipping op schemas (csrc/schemas/), for the code
-// that calls those ops unboxed through the dispatcher (typed_op): the launchers in
+// The names and C++ signatures of the op schemas (csrc/schemas/) that C++ calls unboxed through the
+// dispatcher (typed_op): the optimizer and clipping ops (from the launchers in
 // csrc/python/<family>_step.cpp and clip_helpers.cpp, and the Autograd-key kernels in
-// csrc/common/autograd_passthrough.cpp. A schema change is mirrored here once.
+// csrc/common/autograd_passthrough.cpp) and the dropout ops (from their autograd,
+// csrc/common/dropout_autograd.cpp). A schema change is mirrored here once.
 #pragma once
 
 #include <optional>
@@ -25,6 +26,10 @@ using Adagrad = void(TensorList, TensorList, TensorList, TensorList, double, dou
                      OptTensor, OptTensor, OptTensor, bool);
 using ClipByTotalNorm = void(TensorList, const at::Tensor&, double);
 using TotalNorm = at::Tensor(TensorList, double);
+using Dropout = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, int64_t, std::optional<int64_t>,
+                                                   std::optional<int64_t>);
+using DropoutInplace = at::Tensor(at::Tensor&, double, int64_t, std::optional<int64_t>, std::optional<int64_t>);
+using DropoutBackward = at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t);
 
 inline constexpr char kSgdName[] = "fusedopt::sgd_";
 inline constexpr char kAdamName[] = "fusedopt::adam_";
@@ -32,6 +37,9 @@ inline constexpr char kRmspropName[] = "fusedopt::rmsprop_";
 inline constexpr char kAdagradName[] = "fusedopt::adagrad_";
 inline constexpr char kClipByTotalNormName[] = "fusedopt::clip_by_total_norm_";
 inline constexpr char kTotalNormName[] = "fusedopt::total_norm";
+inline constexpr char kDropoutName[] = "fusedopt::dropout";
+inline constexpr char kDropoutInplaceName[] = "fusedopt::dropout_";
+inline constexpr char kDropoutBackwardName[] = "fusedopt::dropout_backward";
 
 // The op kName with C++ signature Signature, looked up in the dispatcher once.
 template <const char* kName, class Signature>

@@ -1,5 +1,6 @@
-"""Dropout ops: fake implementations, autograd, and typed wrappers. Schemas are in
-csrc/schemas/dropout.cpp; the mask scheme is described in csrc/include/fusedopt/dropout.h."""
+"""Dropout ops: fake implementations and typed wrappers. Schemas are in csrc/schemas/dropout.cpp, the
+mask scheme in csrc/include/fusedopt/dropout.h, and their autograd (only the packed mask is saved) in
+csrc/common/dropout_autograd.cpp."""
 
 from __future__ import annotations
 
@@ -34,38 +35,6 @@ def _philox_fake(counters, keys, torch_engine=False):
     return torch.empty_like(counters, memory_format=torch.contiguous_format)
 
 
-# Autograd: only the packed mask (numel / 8 bytes) is saved for backward; the gradient of the backward
-# (linear in grad_output) is the backward again.
-def _dropout_setup_context(ctx, inputs, keyword_only_inputs, output):
-    _, p, group_size = inputs
-    ctx.p, ctx.group_size = p, group_size
-    ctx.save_for_backward(output[1])
-
-
-def _dropout_backward_rule(ctx, grad_output, grad_mask):
-    (mask,) = ctx.saved_tensors
-    return torch.ops.fusedopt.dropout_backward(grad_output, mask, ctx.p, ctx.group_size), None, None
-
-
-torch.library.register_autograd("fusedopt::dropout", _dropout_backward_rule,
-                                setup_context=_dropout_setup_context)
-
-
-def _dropout_backward_setup_context(ctx, inputs, output):
-    _, mask, p, group_size = inputs
-    ctx.p, ctx.group_size = p, group_size
-    ctx.save_for_backward(mask)
-
-
-def _dropout_backward_backward(ctx, grad):
-    (mask,) = ctx.saved_tensors
-    return torch.ops.fusedopt.dropout_backward(grad, mask, ctx.p, ctx.group_size), None, None, None
-
-
-torch.library.register_autograd("fusedopt::dropout_backward", _dropout_backward_backward,
-                                setup_context=_dropout_backward_setup_context)
-
-
 # Compiled graphs merge calls with equal arguments unless an op is known to be random. torch 2.14 reads
 # the ops' nondeterministic_seeded tag (csrc/schemas/dropout.cpp) for that; earlier versions only know
 # their own random ops, and would give two dropout calls on one tensor the same mask (R-Drop, for
@@ -77,25 +46,6 @@ if torch.torch_version.TorchVersion(torch.__version__) < (2, 14):
         torch.library._register_effectful_op(_op, _EffectType.ORDERED)
 
 
-class _DropoutInplace(torch.autograd.Function):
-    """In-place dropout (a mutable op cannot use register_autograd): input is marked dirty and only the
-    mask is saved."""
-
-    @staticmethod
-    def forward(ctx, input, p, group_size, seed, offset):
-        mask = torch.ops.fusedopt.dropout_(input, p, group_size, seed=seed, offset=offset)
-        ctx.mark_dirty(input)
-        ctx.save_for_backward(mask)
-        ctx.p, ctx.group_size = p, group_size
-        return input
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (mask,) = ctx.saved_tensors
-        return (torch.ops.fusedopt.dropout_backward(grad_output, mask, ctx.p, ctx.group_size),
-                None, None, None, None)
-
-
 def dropout(input: Tensor, p: float, group_size: int = 1, *, seed: int | None = None,
             offset: int | None = None) -> tuple[Tensor, Tensor]:
     """(output, packed mask); differentiable in input. See csrc/schemas/dropout.cpp."""
@@ -105,7 +55,8 @@ def dropout(input: Tensor, p: float, group_size: int = 1, *, seed: int | None = 
 def dropout_(input: Tensor, p: float, group_size: int = 1, *, seed: int | None = None,
              offset: int | None = None) -> Tensor:
     """In-place dropout of input, differentiable; returns input."""
-    return _DropoutInplace.apply(input, p, group_size, seed, offset)
+    torch.ops.fusedopt.dropout_(input, p, group_size, seed=seed, offset=offset)
+    return input
 
 
 def dropout_backward(grad_output: Tensor, mask: Tensor, p: float, group_size: int = 1) -> Tensor:

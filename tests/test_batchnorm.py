@@ -251,6 +251,43 @@ def test_gradcheck(affine, training, shape, layout):
     assert torch.autograd.gradcheck(fn, (x, w, b))
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_grads_for_every_combination_of_what_requires_grad(training):
+    """Each of input, weight and bias absent (None), given without grad, or requiring grad: the grads
+    that are wanted equal torch's, and no others are made (autograd numbers the inputs of the C++ node
+    without the absent ones, so an absent weight moves bias's place)."""
+    import itertools
+    gen = torch.Generator().manual_seed(8)
+    x0 = torch.randn(4, 3, 5, dtype=torch.float64, generator=gen)
+    w0, b0 = torch.rand(3, dtype=torch.float64, generator=gen) + 0.5, torch.randn(3, dtype=torch.float64, generator=gen)
+    rm, rv = torch.randn(3, dtype=torch.float64, generator=gen), torch.rand(3, dtype=torch.float64, generator=gen) + 0.5
+    dy = torch.randn(4, 3, 5, dtype=torch.float64, generator=gen)
+    for x_grad, w_kind, b_kind in itertools.product([True, False], ["none", "fixed", "grad"], ["none", "fixed", "grad"]):
+        if not x_grad and "grad" not in (w_kind, b_kind):
+            continue
+        outs = []
+        for F in (fnn.functional, torch.nn.functional):
+            x = x0.clone().requires_grad_(x_grad)
+            w = None if w_kind == "none" else w0.clone().requires_grad_(w_kind == "grad")
+            b = None if b_kind == "none" else b0.clone().requires_grad_(b_kind == "grad")
+            F.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-3).backward(dy)
+            outs.append([t.grad if t is not None else None for t in (x, w, b)])
+        for ours, theirs in zip(*outs):
+            assert (ours is None) == (theirs is None), (x_grad, w_kind, b_kind)
+            if ours is not None:
+                torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_backward_is_differentiable_once(training):
+    x = torch.randn(5, 3, requires_grad=True)
+    v = torch.randn(5, 3, requires_grad=True)
+    y = fnn.BatchNorm1d(3).train(training)(x)
+    (gx,) = torch.autograd.grad(y, x, grad_outputs=v, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gx.sum().backward()
+
+
 def op_samples():
     gen = torch.Generator().manual_seed(6)
     for shape, layout, dtype in [((4, 3), "contiguous", torch.float32), ((2, 5, 3, 4), "channels_last", torch.float32),

@@ -1,5 +1,6 @@
 """Batch norm ops: fake implementations for torch.compile and typed wrappers. Schemas are in
-csrc/schemas/batch_norm.cpp; the autograd and module layers are in fusedopt/nn."""
+csrc/schemas/batch_norm.cpp, the autograd of batch_norm_train and batch_norm_elemt in
+csrc/common/batch_norm_autograd.cpp (SyncBatchNorm's in fusedopt/nn/_batch_norm_autograd.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Autograd of fusedopt's batch norm: local (training and eval) and synchronised across ranks."""
+"""Autograd of fusedopt's batch norm across ranks (SyncBatchNorm), and helpers of the local one, whose
+autograd is in C++ (csrc/common/batch_norm_autograd.cpp)."""
 
 from __future__ import annotations
 
@@ -39,58 +40,6 @@ def _grads_of_params(ctx, sum_dy: Tensor, sum_dy_xmu: Tensor, var: Tensor, eps: 
     grad_weight = sum_dy_xmu * torch.rsqrt(var + eps) if ctx.needs_input_grad[1] else None
     grad_bias = sum_dy if ctx.needs_input_grad[2] else None
     return grad_weight, grad_bias
-
-
-class BatchNormTrain(torch.autograd.Function):
-    """Training mode on one process: batch statistics, then normalise; returns (out, mean, var)."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, eps):
-        out, mean, var = ops.batch_norm_train(input, weight, bias, eps)
-        ctx.save_for_backward(input, weight, mean, var)
-        ctx.eps = eps
-        ctx.mark_non_differentiable(mean, var)
-        # No zero tensors made for the grads of mean and var, which backward never reads (two small
-        # allocations and fills per layer and step).
-        ctx.set_materialize_grads(False)
-        return out, mean, var
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, _grad_mean, _grad_var):
-        if grad_out is None:
-            return None, None, None, None
-        input, weight, mean, var = ctx.saved_tensors
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input, sum_dy, sum_dy_xmu = ops.batch_norm_train_backward(grad_out, input, weight, mean, var,
-                                                                           ctx.eps)
-        else:
-            sum_dy, sum_dy_xmu = ops.batch_norm_backward_reduce(grad_out, input, mean)
-        return (grad_input, *_grads_of_params(ctx, sum_dy, sum_dy_xmu, var, ctx.eps), None)
-
-
-class BatchNormEval(torch.autograd.Function):
-    """Normalisation with fixed statistics (eval mode): an affine map per channel."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, mean, var, eps):
-        ctx.save_for_backward(input, weight, mean, var)
-        ctx.eps = eps
-        return ops.batch_norm_elemt(input, weight, bias, mean, var, eps)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        input, weight, mean, var = ctx.saved_tensors
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            # d/dx = weight * invstd: the forward map with mean 0 and no bias, applied to grad_out.
-            grad_input = ops.batch_norm_elemt(grad_out, weight, None, torch.zeros_like(mean), var, ctx.eps)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            sum_dy, sum_dy_xmu = ops.batch_norm_backward_reduce(grad_out, input, mean)
-            grad_weight, grad_bias = _grads_of_params(ctx, sum_dy, sum_dy_xmu, var, ctx.eps)
-        return grad_input, grad_weight, grad_bias, None, None, None
 
 
 def merge_rank_stats(means: Tensor, vars: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:

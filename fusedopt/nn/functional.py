@@ -9,11 +9,11 @@ from typing import Optional
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from fusedopt._ops import batch_norm as _bn_ops
 from fusedopt._ops import dropout as _dropout_ops
 from fusedopt._ops.batch_norm import param_dtype
 
-from ._batch_norm_autograd import (BatchNormEval, BatchNormTrain, update_running_stats, values_per_channel,
-                                   verify_batch_size)
+from ._batch_norm_autograd import update_running_stats, values_per_channel, verify_batch_size
 
 __all__ = ["batch_norm", "dropout", "dropout1d", "dropout2d", "dropout3d"]
 
@@ -38,14 +38,15 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     w = weight.to(pdtype) if weight is not None else None
     b = bias.to(pdtype) if bias is not None else None
     if training:
-        out, mean, var = BatchNormTrain.apply(input, w, b, eps)
+        out, mean, var = _bn_ops.batch_norm_train(input, w, b, eps)
         if running_mean is not None or running_var is not None:
             update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), momentum)
         return out
     if running_mean is None or running_var is None:
         raise RuntimeError("batch_norm: running_mean and running_var must be defined in evaluation mode "
                            "(training=False)")
-    return BatchNormEval.apply(input, w, b, running_mean.detach().to(pdtype), running_var.detach().to(pdtype), eps)
+    return _bn_ops.batch_norm_elemt(input, w, b, running_mean.detach().to(pdtype), running_var.detach().to(pdtype),
+                                    eps)
 
 
 # ---- dropout --------------------------------------------------------------------------------------

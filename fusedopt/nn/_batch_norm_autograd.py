@@ -23,13 +23,14 @@ def verify_batch_size(size: torch.Size) -> None:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
 
 
-@torch.no_grad()
 def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor, var: Tensor,
                          count: int | Tensor, momentum: float) -> None:
     """torch's running-statistics rule (op batch_norm_update_running_stats_): an exponential average of
     the batch mean and the unbiased batch variance (var * count / (count - 1)). `count` may be a 0-dim
     tensor on var's device (SyncBatchNorm's global count, never read on the host): the unbiased
-    variance is then formed on the device and passed with count 1, which the op takes as it is."""
+    variance is then formed on the device and passed with count 1, which the op takes as it is.
+    Never recorded by autograd (the op's Autograd kernel steps past it, and SyncBatchNorm calls this
+    from its forward, where grad mode is off), so no torch.no_grad() costs its ~1.5 us per layer."""
     if isinstance(count, Tensor):
         var = (var * torch.where(count > 1, count / (count - 1).clamp(min=1), torch.ones_like(count))).to(var.dtype)
         count = 1

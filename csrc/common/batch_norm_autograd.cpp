@@ -48,23 +48,34 @@ bool records(const Tensor& input, const std::optional<Tensor>& weight, const std
   return at::GradMode::is_enabled() && (input.requires_grad() || requires_grad(weight) || requires_grad(bias));
 }
 
-// Whether autograd wants the grads of weight and bias. Absent ones (nullopt) are not inputs of the node,
+// What both Functions keep for backward: input, weight (undefined when absent), the statistics, eps, and
+// which of weight and bias autograd wants grads for. Absent ones (nullopt) are not inputs of the node,
 // so the edge of bias comes right after input's when there is no weight.
 struct ParamGrads {
   bool weight = false, bias = false;
 };
-ParamGrads wanted_param_grads(AutogradContext* ctx) {
-  const bool has_weight = ctx->saved_data["has_weight"].toBool();
-  const bool has_bias = ctx->saved_data["has_bias"].toBool();
-  return {has_weight && ctx->needs_input_grad(1), has_bias && ctx->needs_input_grad(has_weight ? 2 : 1)};
-}
+struct Saved {
+  Tensor input, weight, mean, var;
+  double eps;
+  ParamGrads wanted;
 
-void save_params(AutogradContext* ctx, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-                 double eps) {
-  ctx->saved_data["has_weight"] = given(weight);
-  ctx->saved_data["has_bias"] = given(bias);
-  ctx->saved_data["eps"] = eps;
-}
+  static void save(AutogradContext* ctx, const Tensor& input, const std::optional<Tensor>& weight,
+                   const std::optional<Tensor>& bias, const Tensor& mean, const Tensor& var, double eps) {
+    ctx->save_for_backward({input, weight.value_or(Tensor()), mean, var});
+    ctx->saved_data["has_weight"] = given(weight);
+    ctx->saved_data["has_bias"] = given(bias);
+    ctx->saved_data["eps"] = eps;
+  }
+  static Saved load(AutogradContext* ctx) {
+    variable_list saved = ctx->get_saved_variables();
+    const bool has_weight = ctx->saved_data["has_weight"].toBool();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const ParamGrads wanted{has_weight && ctx->needs_input_grad(1),
+                            has_bias && ctx->needs_input_grad(has_weight ? 2 : 1)};
+    return {std::move(saved[0]), std::move(saved[1]), std::move(saved[2]), std::move(saved[3]),
+            ctx->saved_data["eps"].toDouble(), wanted};
+  }
+};
 
 // The grads of weight and bias from the two per-channel sums, where autograd wants them.
 std::pair<Tensor, Tensor> grads_of_params(const ParamGrads& wanted, const Tensor& sum_dy,
@@ -101,8 +112,7 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
                                const std::optional<Tensor>& bias, double eps) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, mean, var] = train_op().call(input, weight, bias, eps);
-    ctx->save_for_backward({input, weight.value_or(Tensor()), mean, var});
-    save_params(ctx, weight, bias, eps);
+    Saved::save(ctx, input, weight, bias, mean, var, eps);
     ctx->mark_non_differentiable({mean, var});
     // No zero tensors made for the grads of mean and var, which backward never reads.
     ctx->set_materialize_grads(false);
@@ -110,18 +120,16 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor &input = saved[0], &weight = saved[1], &mean = saved[2], &var = saved[3];
-    const double eps = ctx->saved_data["eps"].toDouble();
+    const Saved s = Saved::load(ctx);
     return once_differentiable(grads, [&]() -> variable_list {
       Tensor grad_input, sum_dy, sum_dy_xmu;
       if (ctx->needs_input_grad(0)) {
         std::tie(grad_input, sum_dy, sum_dy_xmu) =
-            train_backward_op().call(grads[0], input, present(weight), mean, var, eps);
+            train_backward_op().call(grads[0], s.input, present(s.weight), s.mean, s.var, s.eps);
       } else {
-        std::tie(sum_dy, sum_dy_xmu) = backward_reduce_op().call(grads[0], input, mean);
+        std::tie(sum_dy, sum_dy_xmu) = backward_reduce_op().call(grads[0], s.input, s.mean);
       }
-      auto [grad_weight, grad_bias] = grads_of_params(wanted_param_grads(ctx), sum_dy, sum_dy_xmu, var, eps);
+      auto [grad_weight, grad_bias] = grads_of_params(s.wanted, sum_dy, sum_dy_xmu, s.var, s.eps);
       return {grad_input, grad_weight, grad_bias, Tensor()};
     });
   }
@@ -131,25 +139,21 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const std::optional<Tensor>& weight,
                                const std::optional<Tensor>& bias, const Tensor& mean, const Tensor& var, double eps) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({input, weight.value_or(Tensor()), mean, var});
-    save_params(ctx, weight, bias, eps);
+    Saved::save(ctx, input, weight, bias, mean, var, eps);
     return {elemt_op().call(input, weight, bias, mean, var, eps)};
   }
   // The statistics get no gradient (they are running buffers, as in torch's batch norm).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor &input = saved[0], &weight = saved[1], &mean = saved[2], &var = saved[3];
-    const double eps = ctx->saved_data["eps"].toDouble();
+    const Saved s = Saved::load(ctx);
     return once_differentiable(grads, [&]() -> variable_list {
       Tensor grad_input, grad_weight, grad_bias;
       if (ctx->needs_input_grad(0)) {
         // d/dx = weight * invstd: the forward map with mean 0 and no bias, applied to grad_out.
-        grad_input = elemt_op().call(grads[0], present(weight), std::nullopt, at::zeros_like(mean), var, eps);
+        grad_input = elemt_op().call(grads[0], present(s.weight), std::nullopt, at::zeros_like(s.mean), s.var, s.eps);
       }
-      const ParamGrads wanted = wanted_param_grads(ctx);
-      if (wanted.weight || wanted.bias) {
-        auto [sum_dy, sum_dy_xmu] = backward_reduce_op().call(grads[0], input, mean);
-        std::tie(grad_weight, grad_bias) = grads_of_params(wanted, sum_dy, sum_dy_xmu, var, eps);
+      if (s.wanted.weight || s.wanted.bias) {
+        auto [sum_dy, sum_dy_xmu] = backward_reduce_op().call(grads[0], s.input, s.mean);
+        std::tie(grad_weight, grad_bias) = grads_of_params(s.wanted, sum_dy, sum_dy_xmu, s.var, s.eps);
       }
       return {grad_input, grad_weight, grad_bias, Tensor(), Tensor(), Tensor()};
     });

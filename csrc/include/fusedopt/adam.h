@@ -49,7 +49,7 @@ template <typename S>
 FUSEDOPT_INLINE AdamScalars<S> adam_scalars(const AdamHyper& h, double lr, const AdamBiasCorrections& bc) {
   AdamScalars<S> s;
   s.weight_decay = S(h.weight_decay);
-  s.decay_factor = S(1 - lr * h.weight_decay);
+  s.decay_factor = S(1 - mul_rounded(lr, h.weight_decay));  // as torch's Python float: product rounded
   const double weight = 1 - h.beta1;
   // ATen's lerp: start + w * (end - start) for |w| < 0.5, else end + (w - 1) * (end - start), with w
   // (and w - 1) in the math type.

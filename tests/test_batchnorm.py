@@ -382,6 +382,7 @@ def test_update_running_stats_opcheck_and_errors():
         ((rm, rv, mean.half(), var.half(), 3, 0.1), "mean must be float32 or float64"),
         ((rm, rv, mean, var, -1, 0.1), "count must be >= 0"),
         ((rm, rm, mean, var, 3, 0.1), "must be different tensors"),
+        ((rm, torch.ones(1).expand(5), mean, var, 3, 0.1), "running_var must hold one value per channel"),
     ]
     for args, message in bad:
         before = [a.clone() if isinstance(a, torch.Tensor) else a for a in args[:2]]

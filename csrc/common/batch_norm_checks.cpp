@@ -208,6 +208,10 @@ void run_batch_norm_update_running_stats(const std::optional<at::Tensor>& runnin
     if (!t.has_value()) continue;
     TORCH_CHECK(t->layout() == at::kStrided && t->dim() == 1 && t->size(0) == C, op, ": ", arg,
                 " must be a dense 1-d tensor of ", C, " values (one per channel), got ", t->sizes());
+    // An expanded buffer: torch takes it and keeps whichever channel's update comes last (its CUDA kernel
+    // races), and so would ours; an error instead.
+    TORCH_CHECK(C <= 1 || t->stride(0) != 0, op, ": ", arg,
+                " must hold one value per channel in memory of its own, got an expanded tensor (stride 0)");
     TORCH_CHECK(is_supported_dtype(t->scalar_type()), op, ": ", arg,
                 " must be float32, float64, float16 or bfloat16, got ", t->scalar_type());
     TORCH_CHECK(t->device() == mean.device(), op, ": ", arg, " must be on mean's device ", mean.device(), ", got ",

@@ -182,21 +182,4 @@ TensorListsView<K> checked_lists_view(const std::array<at::TensorList, K>& lists
   return view;
 }
 
-// List k of `view` as a view of its own, for a list of checked one-element tensors of `dtype` (the
-// per-param step counts): from the pointers the view holds, without walking the tensors again.
-template <size_t K>
-TensorListsView<1> one_element_list_view(const TensorListsView<K>& view, size_t k, c10::ScalarType dtype) {
-  TensorListsView<1> out;
-  const size_t n = view.size();
-  out.ptrs.resize(n);
-  out.numel.assign(n, 1);
-  out.dtype.assign(n, dtype);
-  out.offsets.resize(n + 1);
-  for (size_t i = 0; i <= n; ++i) {
-    if (i < n) out.ptrs[i][0] = view.ptrs[i][k];
-    out.offsets[i] = static_cast<int64_t>(i);
-  }
-  return out;
-}
-
 }  // namespace fusedopt

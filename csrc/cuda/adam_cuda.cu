@@ -11,24 +11,6 @@
 namespace fusedopt::cuda {
 namespace {
 
-// state_steps[i] += 1 for every i, skipped when found_inf != 0 (graph-safe: no host read).
-struct StepIncrementOp {
-  const float* found_inf;
-  unsigned read_mask = 1u;
-  unsigned write_mask = 1u;
-
-  __device__ bool skip() const { return found_inf != nullptr && *found_inf != 0.f; }
-
-  template <typename opmath_t>
-  struct Bound {
-    __device__ __forceinline__ void operator()(opmath_t& step) const { step += opmath_t(1); }
-  };
-  template <typename opmath_t>
-  __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
-    return {};
-  }
-};
-
 // Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 max_exp_avg_sqs, 5 state_steps (read by
 // bind(), never walked), 6 master_params (master kernel only).
 struct AdamOp {
@@ -133,15 +115,14 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   op.found_inf = found_inf_ptr;
   op.read_mask = adam_read_mask(amsgrad);
   op.write_mask = adam_write_mask(amsgrad, grad_scale.has_value() && write_grads);
-  // Step counts first (torch: step_t += 1, then the update reads the new count), launched over the
-  // update's view of them.
-  const StepIncrementOp increment{found_inf_ptr};
+  // Step counts first (torch: step_t += 1, then the update reads the new count), from the update's
+  // view of them.
   if (!has_master) {
-    launch_multi_tensor(one_element_list_view(view, kAdamStepList, at::kFloat), increment);
+    increment_step_counts(view, kAdamStepList, found_inf_ptr);
     launch_multi_tensor(view, op);
     return;
   }
-  launch_multi_tensor(one_element_list_view(master_view, kAdamStepList, at::kFloat), increment);
+  increment_step_counts(master_view, kAdamStepList, found_inf_ptr);
   for_each_table(master_view, at::kHalf, adam_master_kernel<at::Half>, op);
   for_each_table(master_view, at::kBFloat16, adam_master_kernel<at::BFloat16>, op);
 }

@@ -217,4 +217,43 @@ void launch_multi_tensor(const TensorListsView<K>& view, const Op& op) {
   }
 }
 
+// Step counts, one float32 value per tensor at view.ptrs[i][k], all incremented by one; nothing happens
+// when found_inf is set and nonzero (read on the device: no host synchronisation, graph-safe). One
+// thread per count: launch_multi_tensor would spend a 512-thread block on each one-element tensor
+// (20,000 blocks for 20,000 params). The pointers travel in the parameter space, as the tensor tables do.
+struct StepCountTable {
+  static constexpr int kCapacity = int((kTableBytes - 16) / sizeof(float*));
+  float* ptr[kCapacity];
+  int32_t count;
+};
+
+template <int kBlock>
+__global__ void __launch_bounds__(kBlock)
+    increment_step_counts_kernel(const __grid_constant__ StepCountTable table, const float* found_inf) {
+  if (found_inf != nullptr && *found_inf != 0.f) return;
+  const int i = blockIdx.x * kBlock + threadIdx.x;
+  if (i < table.count) *table.ptr[i] += 1.f;
+}
+
+template <size_t K>
+void increment_step_counts(const TensorListsView<K>& view, size_t k, const float* found_inf) {
+  static_assert(sizeof(StepCountTable) + sizeof(const float*) <= 32764, "kernel parameters exceed 32764 bytes");
+  constexpr int kStepThreads = 256;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  StepCountTable table;
+  table.count = 0;
+  auto flush = [&] {
+    if (table.count == 0) return;
+    const unsigned blocks = unsigned((table.count + kStepThreads - 1) / kStepThreads);
+    increment_step_counts_kernel<kStepThreads><<<blocks, kStepThreads, 0, stream>>>(table, found_inf);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    table.count = 0;
+  };
+  for (size_t i = 0; i < view.size(); ++i) {
+    table.ptr[table.count] = static_cast<float*>(view.ptrs[i][k]);
+    if (++table.count == StepCountTable::kCapacity) flush();
+  }
+  flush();
+}
+
 }  // namespace fusedopt::cuda

@@ -1,6 +1,7 @@
-// fusedopt::rmsprop_ and fusedopt::adagrad_ on CUDA: checks, then the multi-tensor launcher twice: once
-// to count the steps, once with the shared update rule. Both launches honour found_inf on the device,
-// so a GradScaler step needs no host synchronisation and the pair can be captured in a CUDA graph.
+// fusedopt::rmsprop_ and fusedopt::adagrad_ on CUDA: checks, then two launches: one counts the steps
+// (increment_step_counts), one runs the multi-tensor launcher with the shared update rule. Both honour
+// found_inf on the device, so a GradScaler step needs no host synchronisation and the pair can be
+// captured in a CUDA graph.
 #include <array>
 
 #include <c10/cuda/CUDAGuard.h>
@@ -13,31 +14,6 @@
 
 namespace fusedopt::cuda {
 namespace {
-
-// List 0: the step counts (one float32 element each), incremented by one.
-struct IncrementStepsOp {
-  const float* found_inf;
-  unsigned read_mask = 0b1u;
-  unsigned write_mask = 0b1u;
-
-  __device__ bool skip() const { return found_inf != nullptr && *found_inf != 0.f; }
-
-  template <typename opmath_t>
-  struct Bound {
-    __device__ __forceinline__ void operator()(opmath_t& step) const { step = step + opmath_t(1); }
-  };
-
-  template <typename opmath_t>
-  __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
-    return {};
-  }
-};
-
-void increment_steps(const TensorListsView<1>& steps, const std::optional<at::Tensor>& found_inf) {
-  IncrementStepsOp op;
-  op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
-  launch_multi_tensor(steps, op);
-}
 
 // Lists: 0 params, 1 grads, 2 square_avgs, 3 momentum_buffers, 4 grad_avgs.
 struct RmspropOp {
@@ -133,13 +109,14 @@ void rmsprop_cuda(at::TensorList params, at::TensorList grads, at::TensorList sq
   finish_lists_view(steps);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  increment_steps(steps, found_inf);
+  const float* found_inf_ptr = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
+  increment_step_counts(steps, 0, found_inf_ptr);  // before the update reads them
   RmspropOp op;
   op.hyper = RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize};
   op.lr = lr;
   op.lr_ptr = lr_tensor.has_value() ? lr_tensor->const_data_ptr<float>() : nullptr;
   op.grad_scale = grad_scale_ref(grad_scale);
-  op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
+  op.found_inf = found_inf_ptr;
   op.read_mask = rmsprop_read_mask(momentum > 0, centered);
   op.write_mask = rmsprop_write_mask(momentum > 0, centered, grad_scale.has_value() && write_grads);
   launch_multi_tensor(view, op);
@@ -155,13 +132,14 @@ void adagrad_cuda(at::TensorList params, at::TensorList grads, at::TensorList st
   });
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  increment_steps(one_element_list_view(view, 3, at::kFloat), found_inf);  // before the update reads them
+  const float* found_inf_ptr = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
+  increment_step_counts(view, 3, found_inf_ptr);  // before the update reads them
   AdagradOp op;
   op.hyper = AdagradHyper{lr_decay, weight_decay, eps, maximize};
   op.lr = lr;
   op.lr_ptr = lr_tensor.has_value() ? lr_tensor->const_data_ptr<float>() : nullptr;
   op.grad_scale = grad_scale_ref(grad_scale);
-  op.found_inf = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
+  op.found_inf = found_inf_ptr;
   op.read_mask = adagrad_read_mask();
   op.write_mask = adagrad_write_mask(grad_scale.has_value() && write_grads);
   launch_multi_tensor(view, op);

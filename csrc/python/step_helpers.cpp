@@ -450,9 +450,14 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
       PyObject* value = looked_ahead ? ahead.values[(i - block_begin) * keys.size() + s].ptr()
                         : entry && PyDict_Check(entry) ? PyDict_GetItem(entry, key_objects[s].ptr())
                                                        : nullptr;
-      if (value == nullptr || !THPVariable_Check(value)) {
+      if (value == nullptr || value == Py_None) {  // none yet: the optimizer creates it
         out.states[s].push_owned(at::Tensor());
         continue;
+      }
+      // Anything else that is not a tensor comes from a corrupt or foreign checkpoint (torch fails on it
+      // too): replacing it would train on with a fresh state under an old step count.
+      if (!THPVariable_Check(value)) {
+        fail(where, i, "state '" + keys[s] + "' is a " + Py_TYPE(value)->tp_name + ", expected a tensor");
       }
       const at::Tensor& t_arg = THPVariable_Unpack(value);
       if (is_scalar[s]) {

@@ -108,6 +108,19 @@ def new_states_like(params: list[Tensor], dtypes: list[torch.dtype], fill: float
     return out
 
 
+def check_required_state(collected, keys: tuple[str, ...], name: str, group_index: int) -> None:
+    """Raises when a param has a step count but lacks one of `keys` (see
+    FusedStep._required_state_keys); torch fails on such state too (KeyError)."""
+    for key in keys:
+        missing = collected.missing(key)
+        if missing:
+            stepped = set(missing).difference(collected.missing("step"))
+            if stepped:
+                raise RuntimeError(f"{name}: param {min(stepped)} of param group {group_index} has a step count but "
+                                   f"no state '{key}'; its state is incomplete (a checkpoint of another optimizer "
+                                   "or a corrupt one?)")
+
+
 def create_missing_state(collected, optimizer_state, key: str, fill: float | None = 0.0,
                          dtype_of=None) -> list[int]:
     """State `key` for every param that has none yet: new_states_like(param, fill) in dtype_of(param)
@@ -140,11 +153,19 @@ def on_device(t: Tensor | None, device: torch.device, cache: dict) -> Tensor | N
     return cache[key]
 
 
+def check_fused_and_foreach(fused: bool | None, foreach: bool | None) -> None:
+    """torch's check of its fused optimizers (SGD, Adagrad), made after the param checks as there."""
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
 def lr_args(lr: float | Tensor, device: torch.device) -> tuple[float, Tensor | None]:
-    """(lr, lr_tensor) for an op call on device. A tensor lr on another device than the params is read
-    on the host when it lives on the CPU (no synchronisation), else moved to the params' device."""
+    """(lr, lr_tensor) for an op call on device. A tensor lr is read on the host, in full (float64)
+    precision as torch's default path reads it, when it lives on the CPU (no synchronisation) or the
+    params do; one on a GPU for GPU params stays there (capturable steps), passed to the kernels as
+    float32 on the params' device."""
     if not isinstance(lr, Tensor):
         return float(lr), None
-    if lr.device == device or lr.device.type != "cpu":
-        return 0.0, lr.detach().to(device=device, dtype=torch.float32).reshape(())
-    return float(lr), None
+    if lr.device.type == "cpu" or device.type == "cpu":
+        return float(lr), None
+    return 0.0, lr.detach().to(device=device, dtype=torch.float32).reshape(())

@@ -24,6 +24,23 @@ class FusedStep:
     """
 
     _NAME: str  # "fusedopt.optim.<Class>", used in messages
+    # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself. A class
+    # attribute, so copies and unpickled optimizers keep it too.
+    _step_supports_amp_scaling = True
+
+    def __getstate__(self):
+        # torch's keeps defaults, state and param_groups only: copy.deepcopy and pickling would drop the
+        # folded clipping, and the copy would silently stop clipping.
+        state = super().__getstate__()
+        state["max_grad_norm"] = self.max_grad_norm
+        state["grad_norm_type"] = self.grad_norm_type
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("max_grad_norm", None)  # pickled before these were kept
+        self.__dict__.setdefault("grad_norm_type", 2.0)
+        self.__dict__.setdefault("last_grad_norm", None)
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's add_param_group, except that a param listed twice in a group is an error (torch
@@ -47,6 +64,11 @@ class FusedStep:
     def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(state keys to collect, those of them that are per-param scalars such as 'step')."""
         raise NotImplementedError
+
+    def _required_state_keys(self, group: dict) -> tuple[str, ...]:
+        """State keys that every param with a step count has (made on its first step whatever the
+        options): one missing beside a step count means a corrupt or foreign checkpoint."""
+        return ()
 
     def _skip_needs_sync(self, collected: list) -> bool:
         """Whether a step that GradScaler skips would still create state (a first step that derives
@@ -91,6 +113,7 @@ class FusedStep:
                                    f"torch.optim.{self._NAME.rsplit('.', 1)[1]}")
             keys, scalar_keys = self._collect_keys(group)
             c = _common.collect(self, self._NAME, i, keys, scalar_keys=scalar_keys)
+            _common.check_required_state(c, self._required_state_keys(group), self._NAME, i)
             if len(c):
                 step_fixes = _step_state.check(c, self._NAME, i) if "step" in scalar_keys else []
                 collected.append((group, c, step_fixes))

@@ -64,8 +64,6 @@ class Adagrad(FusedStep, torch.optim.Adagrad):
             raise ValueError(f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         if differentiable:
             raise RuntimeError(f"{_NAME} does not support differentiable=True; use torch.optim.Adagrad")
         defaults = {
@@ -80,8 +78,7 @@ class Adagrad(FusedStep, torch.optim.Adagrad):
             "fused": fused,
         }
         torch.optim.Optimizer.__init__(self, params, defaults)
-        # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
-        self._step_supports_amp_scaling = True
+        _common.check_fused_and_foreach(fused, foreach)
         _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
         for group in self.param_groups:
             params = group["params"]
@@ -107,6 +104,9 @@ class Adagrad(FusedStep, torch.optim.Adagrad):
         _step_state.move_to_params(self)
 
     _NAME = _NAME
+
+    def _required_state_keys(self, group: dict) -> tuple[str, ...]:
+        return ("sum",)
 
     def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("step", "sum"), ("step",)

@@ -78,8 +78,6 @@ class Adam(FusedStep, torch.optim.Adam):
             raise RuntimeError(f"{self._NAME} does not support differentiable=True; use torch.optim.{self._NAME.rsplit('.', 1)[1]}")
         # Kept off the param groups so that state_dict()['param_groups'] equals torch's.
         self.master_weights = bool(master_weights)
-        # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
-        self._step_supports_amp_scaling = True
         _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
 
     def __getstate__(self):
@@ -118,6 +116,9 @@ class Adam(FusedStep, torch.optim.Adam):
                 value = saved.get(key)
                 if torch.is_tensor(value) and value.dtype == torch.float32:
                     self.state[p][key] = torch.empty_like(p, dtype=torch.float32).copy_(value)
+
+    def _required_state_keys(self, group: dict) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
 
     def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
         keys = ("exp_avg", "exp_avg_sq", "step")

@@ -79,8 +79,6 @@ class RMSprop(FusedStep, torch.optim.RMSprop):
             "differentiable": differentiable,
         }
         torch.optim.Optimizer.__init__(self, params, defaults)
-        # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
-        self._step_supports_amp_scaling = True
         _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
 
     def load_state_dict(self, state_dict) -> None:
@@ -97,6 +95,9 @@ class RMSprop(FusedStep, torch.optim.RMSprop):
         return tuple(keys)
 
     _NAME = _NAME
+
+    def _required_state_keys(self, group: dict) -> tuple[str, ...]:
+        return ("square_avg",)
 
     def _collect_keys(self, group: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return self._state_keys(group), ("step",)

@@ -73,9 +73,8 @@ class SGD(FusedStep, torch.optim.SGD):
             "fused": fused,
         }
         torch.optim.Optimizer.__init__(self, params, defaults)
+        _common.check_fused_and_foreach(fused, foreach)
         _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
-        # GradScaler hands grad_scale/found_inf to step() instead of unscaling and syncing itself.
-        self._step_supports_amp_scaling = True
 
     _NAME = _NAME
 

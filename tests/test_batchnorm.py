@@ -485,6 +485,47 @@ def test_empty_batch(device):
     assert m(x).shape == x.shape
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_training_on_an_empty_batch_is_torchs(momentum, device):
+    """torch skips an empty batch's statistics: running stats unchanged (they became NaN here), an empty
+    output, zero grads (not None) for weight and bias; num_batches_tracked still counts the call."""
+    outs = []
+    for cls, F in ((fnn.BatchNorm2d, fnn.functional), (torch.nn.BatchNorm2d, torch.nn.functional)):
+        m = cls(3, momentum=momentum).to(device)
+        x = torch.empty(0, 3, 4, 4, device=device, requires_grad=True)
+        y = m(x)
+        y.sum().backward()
+        rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+        F.batch_norm(torch.empty(0, 3, device=device), rm, rv, training=True)
+        outs.append((y.shape, m.running_mean, m.running_var, m.num_batches_tracked, m.weight.grad, m.bias.grad, rm, rv))
+    ours, theirs = outs
+    assert ours[0] == theirs[0]
+    for a, b in zip(ours[1:], theirs[1:]):
+        assert torch.equal(a, b)
+
+
+def test_eps_and_running_buffer_errors_are_torchs_before_anything_changes():
+    x = torch.randn(4, 3)
+    for kwargs, training, message in [(dict(eps=0.0), True, "eps must be positive during training"),
+                                      (dict(eps=-1e-3), False, "eps must be non-negative")]:
+        for cls in (fnn.BatchNorm1d, fnn.SyncBatchNorm, torch.nn.BatchNorm1d):
+            m = cls(3, **kwargs).train(training)
+            before = copy.deepcopy(m.state_dict())
+            with pytest.raises(ValueError, match=message):
+                m(x)
+            if cls is not torch.nn.BatchNorm1d:  # (torch counts the batch first)
+                for k, v in m.state_dict().items():
+                    assert torch.equal(v, before[k]), k
+        for F in (fnn.functional, torch.nn.functional):
+            with pytest.raises(ValueError, match=message):
+                F.batch_norm(x, torch.zeros(3), torch.ones(3), training=training, **kwargs)
+    for F in (fnn.functional, torch.nn.functional):
+        for rm, rv in ((torch.zeros(3), None), (None, torch.ones(3))):
+            with pytest.raises(ValueError, match="must either both be None or neither"):
+                F.batch_norm(x, rm, rv, training=True)
+
+
 def test_errors():
     m = fnn.BatchNorm2d(3)
     with pytest.raises(ValueError, match="expected 4D input"):

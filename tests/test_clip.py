@@ -111,6 +111,18 @@ def test_tensor_counts(device, count, p):
     torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=0)
 
 
+def test_norm_type_zero_counts_tensors_also_for_one_tensor():
+    """torch's 0-"norm" is the number of tensors with a nonzero element; for a single tensor this gave
+    its number of nonzero elements (and clipped by it)."""
+    for tensors in ([torch.tensor([1.0, 2.0, 3.0, 0.0, 5.0])], [torch.zeros(3), torch.tensor([0.0, 2.0])],
+                    [torch.tensor([1.0, 2.0]), torch.empty(0), torch.tensor([3.0])], [torch.zeros(4)]):
+        torch.testing.assert_close(get_total_norm(tensors, 0), torch.nn.utils.get_total_norm(tensors, 0))
+    ours, theirs = torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(5))
+    ours.grad, theirs.grad = torch.tensor([1.0, 2.0, 3.0, 0.0, 5.0]), torch.tensor([1.0, 2.0, 3.0, 0.0, 5.0])
+    torch.testing.assert_close(clip_grad_norm_(ours, 0.5, 0), torch.nn.utils.clip_grad_norm_(theirs, 0.5, 0))
+    torch.testing.assert_close(ours.grad, theirs.grad)
+
+
 def test_empty_inputs():
     assert torch.equal(get_total_norm([]), torch.tensor(0.0))
     assert torch.equal(clip_grad_norm_([], 1.0), torch.nn.utils.clip_grad_norm_([], 1.0))

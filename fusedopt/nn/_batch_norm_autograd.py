@@ -23,6 +23,14 @@ def verify_batch_size(size: torch.Size) -> None:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
 
 
+def check_eps(eps: float, training: bool) -> None:
+    """torch's checks of eps (F.batch_norm's)."""
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
 def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor, var: Tensor,
                          count: int | Tensor, momentum: float) -> None:
     """torch's running-statistics rule (op batch_norm_update_running_stats_): an exponential average of

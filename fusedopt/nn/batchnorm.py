@@ -7,12 +7,12 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._batch_norm_autograd import SyncBatchNormTrain, verify_batch_size
+from ._batch_norm_autograd import SyncBatchNormTrain, check_eps, verify_batch_size
 
 
 class _FusedBatchNormForward:
-    """forward of torch's _BatchNorm, with the batch-size check moved before num_batches_tracked
-    changes (torch increments it first), on fusedopt.nn.functional.batch_norm."""
+    """forward of torch's _BatchNorm, with the batch-size and eps checks moved before
+    num_batches_tracked changes (torch increments it first), on fusedopt.nn.functional.batch_norm."""
 
     def _averaging_factor(self) -> float:
         # momentum=None: cumulative moving average, 1 / number of batches seen.
@@ -36,6 +36,7 @@ class _FusedBatchNormForward:
         bn_training = self._uses_batch_stats()
         if bn_training:
             verify_batch_size(input.size())
+        check_eps(self.eps, bn_training)
         factor = self._averaging_factor()
         running_mean, running_var = self._stats_buffers()
         return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, bn_training, factor, self.eps)
@@ -65,6 +66,7 @@ class SyncBatchNorm(_FusedBatchNormForward, torch.nn.SyncBatchNorm):
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         bn_training = self._uses_batch_stats()
+        check_eps(self.eps, bn_training)
         world_size, group = self._sync_group() if bn_training else (1, None)
         if world_size == 1:
             return super().forward(input)

@@ -13,7 +13,7 @@ from fusedopt._ops import batch_norm as _bn_ops
 from fusedopt._ops import dropout as _dropout_ops
 from fusedopt._ops.batch_norm import param_dtype
 
-from ._batch_norm_autograd import update_running_stats, values_per_channel, verify_batch_size
+from ._batch_norm_autograd import check_eps, update_running_stats, values_per_channel, verify_batch_size
 
 __all__ = ["batch_norm", "dropout", "dropout1d", "dropout2d", "dropout3d"]
 
@@ -31,18 +31,30 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         raise ValueError(f"batch_norm: expected input with at least 2 dimensions (N, C, ...), got {input.dim()}-d")
     if training:
         verify_batch_size(input.size())
+    check_eps(eps, training)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
     if momentum is None:
         raise TypeError("batch_norm: momentum must be a float (modules resolve momentum=None themselves)")
+    if training and input.numel() == 0:
+        # As torch: no statistics of an empty batch (they would be NaN) and no running-stats update; the
+        # output stays in the graph of weight and bias (zero grads, not None).
+        out = input.clone()
+        if weight is not None:
+            out = out * weight[0]
+        if bias is not None:
+            out = out + bias[0]
+        return out
     # Weights and statistics enter the kernels in the math dtype (float32, float64 for float64 input).
     pdtype = param_dtype(input)
     w = weight.to(pdtype) if weight is not None else None
     b = bias.to(pdtype) if bias is not None else None
     if training:
         out, mean, var = _bn_ops.batch_norm_train(input, w, b, eps)
-        if running_mean is not None or running_var is not None:
+        if running_mean is not None:
             update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), momentum)
         return out
-    if running_mean is None or running_var is None:
+    if running_mean is None:
         raise RuntimeError("batch_norm: running_mean and running_var must be defined in evaluation mode "
                            "(training=False)")
     return _bn_ops.batch_norm_elemt(input, w, b, running_mean.detach().to(pdtype), running_var.detach().to(pdtype),

@@ -188,8 +188,10 @@ def _total_norm(tensors: list, norm_type: float, error_if_nonfinite: bool,
         # torch: vector_norm(stack(per-tensor nonzero counts), 0) = tensors with a nonzero element.
         if n_dtensors:
             raise NotImplementedError("fusedopt.nn.utils: norm_type=0 is not supported for DTensors")
-        counts = [torch.ops.fusedopt.total_norm([_dense(t)], 0.0) for t in tensors if t.numel()]
-        total = _combine(counts, 0.0, tensors[0].device) if counts else torch.zeros((), device=tensors[0].device)
+        device = tensors[0].device
+        counts = [torch.ops.fusedopt.total_norm([_dense(t)], 0.0).to(device) for t in tensors if t.numel()]
+        # (not _combine: a single tensor's count of nonzero elements is not its 0-"norm" here, 1 or 0 is)
+        total = torch.linalg.vector_norm(torch.stack(counts), 0.0) if counts else torch.zeros((), device=device)
     elif n_dtensors:
         total = _dtensor_total_norm(tensors, norm_type)
     elif all_dense and one_device:  # the common case: one fused call, no per-tensor Python

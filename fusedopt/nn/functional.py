@@ -88,7 +88,8 @@ def _apply(input: Tensor, p: float, training: bool, inplace: bool, channel_wise:
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
-    """As :func:`torch.nn.functional.dropout`."""
+    """As :func:`torch.nn.functional.dropout`, with fusedopt's own masks; the output (when not in place)
+    is contiguous whatever input's layout."""
     if has_torch_function_unary(input):
         return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
     _check_p(p)

@@ -52,6 +52,7 @@ struct Dropout : torch::autograd::Function<Dropout> {
     auto [output, mask] = dropout_op().call(input, p, group_size, seed, offset);
     save_mask(ctx, mask, p, group_size);
     ctx->mark_non_differentiable({mask});
+    ctx->set_materialize_grads(false);  // no zero tensor made for the mask's grad, which is never read
     return {output, mask};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

@@ -28,18 +28,20 @@ class FusedStep:
     # attribute, so copies and unpickled optimizers keep it too.
     _step_supports_amp_scaling = True
 
+    # fusedopt's own options, kept as attributes (state_dict keeps torch's layout), with the values that
+    # pickles made before they were kept get. torch's __getstate__ keeps defaults, state and param_groups
+    # only: without these, a copy (copy.deepcopy, pickling) would silently stop clipping.
+    _KEPT_ATTRIBUTES = {"max_grad_norm": None, "grad_norm_type": 2.0}
+
     def __getstate__(self):
-        # torch's keeps defaults, state and param_groups only: copy.deepcopy and pickling would drop the
-        # folded clipping, and the copy would silently stop clipping.
         state = super().__getstate__()
-        state["max_grad_norm"] = self.max_grad_norm
-        state["grad_norm_type"] = self.grad_norm_type
+        state.update({name: getattr(self, name) for name in self._KEPT_ATTRIBUTES})
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self.__dict__.setdefault("max_grad_norm", None)  # pickled before these were kept
-        self.__dict__.setdefault("grad_norm_type", 2.0)
+        for name, default in self._KEPT_ATTRIBUTES.items():
+            self.__dict__.setdefault(name, default)
         self.__dict__.setdefault("last_grad_norm", None)
 
     def add_param_group(self, param_group: dict) -> None:

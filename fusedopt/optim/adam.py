@@ -49,6 +49,7 @@ class Adam(FusedStep, torch.optim.Adam):
     """
 
     _NAME = "fusedopt.optim.Adam"
+    _KEPT_ATTRIBUTES = {**FusedStep._KEPT_ATTRIBUTES, "master_weights": False}
 
     def __init__(
         self,
@@ -79,11 +80,6 @@ class Adam(FusedStep, torch.optim.Adam):
         # Kept off the param groups so that state_dict()['param_groups'] equals torch's.
         self.master_weights = bool(master_weights)
         _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state["master_weights"] = self.master_weights
-        return state
 
     def __setstate__(self, state):
         super().__setstate__(state)

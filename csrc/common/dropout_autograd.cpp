@@ -102,11 +102,11 @@ std::tuple<at::Tensor, at::Tensor> dropout_autograd(const at::Tensor& input, dou
 
 at::Tensor dropout_inplace_autograd(at::Tensor& input, double p, int64_t group_size, OptInt seed,
                                     OptInt offset) {
-  at::Tensor mask;
   if (!records(input)) {
     const at::AutoDispatchBelowAutograd below_autograd;
     return dropout_inplace_op().call(input, p, group_size, seed, offset);
   }
+  at::Tensor mask;
   DropoutInplace::apply(input, p, group_size, seed, offset, &mask);
   return mask;
 }

@@ -524,6 +524,11 @@ def test_eps_and_running_buffer_errors_are_torchs_before_anything_changes():
         for rm, rv in ((torch.zeros(3), None), (None, torch.ones(3))):
             with pytest.raises(ValueError, match="must either both be None or neither"):
                 F.batch_norm(x, rm, rv, training=True)
+    m = fnn.BatchNorm1d(3)
+    m.running_var = None
+    with pytest.raises(ValueError, match="must either both be None or neither"):
+        m(x)
+    assert m.num_batches_tracked == 0
 
 
 def test_errors():

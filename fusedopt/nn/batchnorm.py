@@ -37,9 +37,13 @@ class _FusedBatchNormForward:
         if bn_training:
             verify_batch_size(input.size())
         check_eps(self.eps, bn_training)
-        factor = self._averaging_factor()
         running_mean, running_var = self._stats_buffers()
-        return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, bn_training, factor, self.eps)
+        if (running_mean is None) != (running_var is None):
+            raise ValueError("running_mean and running_var must either both be None or neither be None")
+        factor = self._averaging_factor()
+        # Checked above: input, batch size, eps, buffers.
+        return F._batch_norm_checked(input, running_mean, running_var, self.weight, self.bias, bn_training, factor,
+                                    self.eps)
 
 
 class BatchNorm1d(_FusedBatchNormForward, torch.nn.BatchNorm1d):

@@ -36,6 +36,17 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     if momentum is None:
         raise TypeError("batch_norm: momentum must be a float (modules resolve momentum=None themselves)")
+    if not training and running_mean is None:
+        raise RuntimeError("batch_norm: running_mean and running_var must be defined in evaluation mode "
+                           "(training=False)")
+    return _batch_norm_checked(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _batch_norm_checked(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                       weight: Optional[Tensor], bias: Optional[Tensor], training: bool, momentum: float,
+                       eps: float) -> Tensor:
+    """batch_norm once its arguments are checked (the modules check them themselves, before
+    num_batches_tracked changes)."""
     if training and input.numel() == 0:
         # As torch: no statistics of an empty batch (they would be NaN) and no running-stats update; the
         # output stays in the graph of weight and bias (zero grads, not None).
@@ -54,9 +65,6 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         if running_mean is not None:
             update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), momentum)
         return out
-    if running_mean is None:
-        raise RuntimeError("batch_norm: running_mean and running_var must be defined in evaluation mode "
-                           "(training=False)")
     return _bn_ops.batch_norm_elemt(input, w, b, running_mean.detach().to(pdtype), running_var.detach().to(pdtype),
                                     eps)
 

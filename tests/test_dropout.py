@@ -420,12 +420,23 @@ def test_every_cpu_variant_draws_the_same_mask():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_and_cuda_masks_are_identical(dtype):
-    for n, g in [(1, 1), (70001, 1), (1 << 20, 1), (64 * 33, 33)]:
-        x = torch.randn(n, dtype=torch.float64).to(dtype)
-        out_c, mask_c = ops.dropout(x, 0.3, g, seed=2**63 - 25, offset=1 << 36)
-        out_g, mask_g = ops.dropout(x.cuda(), 0.3, g, seed=2**63 - 25, offset=1 << 36)
-        assert torch.equal(mask_c, mask_g.cpu())
-        torch.testing.assert_close(out_g.cpu(), out_c, rtol=0, atol=0)
+    # The CUDA kernels move runs of 8 elements as aligned packs where the pointers allow it: storage
+    # offset 1 takes the element-wise path, and odd sizes end in a short run.
+    for n, g in [(1, 1), (70001, 1), (1 << 20, 1), (64 * 33, 33), (7 * 5, 5), (3 * 1001, 1001)]:
+        for storage_offset in (0, 1):
+            x = torch.randn(n, dtype=torch.float64).to(dtype)
+            xg = torch.cat([x[:storage_offset], x]).cuda()[storage_offset:]
+            out_c, mask_c = ops.dropout(x, 0.3, g, seed=2**63 - 25, offset=1 << 36)
+            out_g, mask_g = ops.dropout(xg, 0.3, g, seed=2**63 - 25, offset=1 << 36)
+            assert torch.equal(mask_c, mask_g.cpu())
+            torch.testing.assert_close(out_g.cpu(), out_c, rtol=0, atol=0)
+            inplace_g = xg.clone() if storage_offset == 0 else torch.cat([xg[:1], xg])[1:]
+            assert torch.equal(ops.dropout_(inplace_g, 0.3, g, seed=2**63 - 25, offset=1 << 36).cpu(), mask_c)
+            torch.testing.assert_close(inplace_g.cpu(), out_c, rtol=0, atol=0)
+            grad = torch.randn(n, dtype=torch.float64).to(dtype)
+            grad_g = torch.cat([grad[:storage_offset], grad]).cuda()[storage_offset:]
+            torch.testing.assert_close(ops.dropout_backward(grad_g, mask_g, 0.3, g).cpu(),
+                                       ops.dropout_backward(grad, mask_c, 0.3, g), rtol=0, atol=0)
 
 
 @pytest.mark.cuda

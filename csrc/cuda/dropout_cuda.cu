@@ -1,6 +1,7 @@
 // fusedopt::dropout, dropout_, dropout_backward and _philox4x32_10 on CUDA. One thread per mask byte
-// (8 elements, 2 Philox calls) in the forward; the mask is the same function of (seed, offset, index)
-// as on CPU (fusedopt/dropout.h). Seed and offset come from the CUDA generator's philox_cuda_state and
+// (8 elements, moved as one aligned pack where the pointers allow; 2 Philox calls) in the forward, one per
+// 8 elements in the backward; the mask is the same function of (seed, offset, index) as on CPU
+// (fusedopt/dropout.h). Seed and offset come from the CUDA generator's philox_cuda_state and
 // are unpacked in the kernel, so the ops are safe under CUDA-graph capture like torch's RNG ops.
 #include <mutex>
 
@@ -14,53 +15,92 @@
 #include <torch/library.h>
 
 #include "common/dropout_checks.h"
+#include "cuda/element_packs.cuh"
 #include "fusedopt/dropout.h"
 
 namespace fusedopt::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// Elements per thread: one mask byte's worth, moved as one aligned pack (element_packs.cuh).
+constexpr int kRun = 8;
 
 int blocks_for(int64_t work) {
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, sms * 32)));
 }
 
-// in == nullptr: mask only. Any grid gives the same mask: byte b depends on b alone.
+// Whether the runs of `a` and `b` (either may be null) can move as packs.
 template <typename scalar_t>
-__global__ void dropout_forward_kernel(const scalar_t* in, scalar_t* out, uint8_t* mask, int64_t n,
-                                       at::PhiloxCudaState state, uint32_t threshold, double p) {
+bool runs_packed(const void* a, const void* b) {
+  return pack_aligned<scalar_t, kRun>(a) && pack_aligned<scalar_t, kRun>(b);
+}
+
+// out[first + j] = in[first + j] * (bit j of `bits` ? scale : 0) for the run's elements below n.
+template <typename scalar_t, bool kPacked>
+__device__ __forceinline__ void scale_run(const scalar_t* in, scalar_t* out, int64_t first, int64_t n,
+                                          unsigned bits, at::opmath_type<scalar_t> scale) {
   using opmath_t = at::opmath_type<scalar_t>;
+  if (kPacked && first + kRun <= n) {
+    Pack<scalar_t, kRun> v = load_pack<scalar_t, kRun>(in, first);
+#pragma unroll
+    for (int j = 0; j < kRun; ++j) {
+      v.v[j] = static_cast<scalar_t>(static_cast<opmath_t>(v.v[j]) * dropout_factor<opmath_t>(bits >> j & 1, scale));
+    }
+    store_pack<scalar_t, kRun>(out, first, v);
+    return;
+  }
+  const int len = n - first < kRun ? static_cast<int>(n - first) : kRun;
+  for (int j = 0; j < len; ++j) {
+    out[first + j] =
+        static_cast<scalar_t>(static_cast<opmath_t>(in[first + j]) * dropout_factor<opmath_t>(bits >> j & 1, scale));
+  }
+}
+
+// One thread per mask byte b: draws it and stores it, and with `in` scales its run (elements 8b .. 8b+7).
+// Any grid gives the same mask: byte b depends on b alone.
+template <typename scalar_t, bool kPacked>
+__global__ void dropout_forward_kernel(const scalar_t* in, scalar_t* out, uint8_t* mask, int64_t n,
+                                       at::PhiloxCudaState state, uint32_t threshold,
+                                       at::opmath_type<scalar_t> scale) {
   const auto seeds = at::cuda::philox::unpack(state);
   DropoutRng rng;
   rng.seed = std::get<0>(seeds);
   rng.counter_base = std::get<1>(seeds) / 4;
   rng.threshold = threshold;
-  const opmath_t scale = static_cast<opmath_t>(1.0 / static_cast<double>(static_cast<opmath_t>(1.0 - p)));
-  const int64_t bytes = (n + 7) / 8;
+  const int64_t bytes = (n + kRun - 1) / kRun;
   for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < bytes; b += int64_t(gridDim.x) * blockDim.x) {
     const uint8_t byte = dropout_mask_byte(rng, b, n);
     mask[b] = byte;
-    if (in == nullptr) continue;
-    const int64_t first = 8 * b;
-    const int64_t len = n - first < 8 ? n - first : 8;
-    for (int64_t j = 0; j < len; ++j) {
-      const opmath_t f = dropout_factor<opmath_t>(byte >> j & 1, scale);
-      out[first + j] = static_cast<scalar_t>(static_cast<opmath_t>(in[first + j]) * f);
-    }
+    if (in != nullptr) scale_run<scalar_t, kPacked>(in, out, kRun * b, n, byte, scale);
   }
 }
 
-template <typename scalar_t>
+// One thread per run of kRun elements: out = in * the factor of each element's group bit. A run's
+// first group is found by one division; the rest follow by counting.
+template <typename scalar_t, bool kPacked>
 __global__ void dropout_apply_kernel(const scalar_t* in, scalar_t* out, const uint8_t* mask, int64_t n,
-                                     int64_t group_size, double p) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const opmath_t scale =
-      p < 1.0 ? static_cast<opmath_t>(1.0 / static_cast<double>(static_cast<opmath_t>(1.0 - p))) : opmath_t(0);
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t g = i / group_size;
-    const opmath_t f = dropout_factor<opmath_t>(mask[g >> 3] >> (g & 7) & 1, scale);
-    out[i] = static_cast<scalar_t>(static_cast<opmath_t>(in[i]) * f);
+                                     int64_t group_size, at::opmath_type<scalar_t> scale) {
+  const int64_t runs = (n + kRun - 1) / kRun;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < runs; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t first = kRun * k;
+    unsigned bits;
+    if (group_size == 1) {
+      bits = mask[k];
+    } else {
+      bits = 0;
+      int64_t g = first / group_size;
+      int64_t r = first - g * group_size;
+      const int len = n - first < kRun ? static_cast<int>(n - first) : kRun;
+      for (int j = 0; j < len; ++j) {
+        bits |= static_cast<unsigned>(mask[g >> 3] >> (g & 7) & 1) << j;
+        if (++r == group_size) {
+          r = 0;
+          ++g;
+        }
+      }
+    }
+    scale_run<scalar_t, kPacked>(in, out, first, n, bits, scale);
   }
 }
 
@@ -96,15 +136,20 @@ void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mas
   uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
   const int64_t bits = n / group_size;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fusedopt.dropout", [&] {
+    const auto scale = dropout_scale<at::opmath_type<scalar_t>>(p);
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>();
+    const bool packed = runs_packed<scalar_t>(in, out);
     if (group_size == 1) {
-      dropout_forward_kernel<scalar_t><<<blocks_for((n + 7) / 8), kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), mask_ptr, n, state, threshold, p);
+      auto kernel = packed ? dropout_forward_kernel<scalar_t, true> : dropout_forward_kernel<scalar_t, false>;
+      kernel<<<blocks_for((n + kRun - 1) / kRun), kThreads, 0, stream>>>(in, out, mask_ptr, n, state, threshold,
+                                                                         scale);
     } else {
-      dropout_forward_kernel<scalar_t><<<blocks_for((bits + 7) / 8), kThreads, 0, stream>>>(
-          nullptr, nullptr, mask_ptr, bits, state, threshold, p);
+      dropout_forward_kernel<scalar_t, false><<<blocks_for((bits + kRun - 1) / kRun), kThreads, 0, stream>>>(
+          nullptr, nullptr, mask_ptr, bits, state, threshold, scale);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      dropout_apply_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), mask_ptr, n, group_size, p);
+      auto kernel = packed ? dropout_apply_kernel<scalar_t, true> : dropout_apply_kernel<scalar_t, false>;
+      kernel<<<blocks_for((n + kRun - 1) / kRun), kThreads, 0, stream>>>(in, out, mask_ptr, n, group_size, scale);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -117,9 +162,14 @@ void dropout_apply(const at::Tensor& input, const at::Tensor& output, const at::
   if (n == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fusedopt.dropout_backward", [&] {
-    dropout_apply_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), mask.const_data_ptr<uint8_t>(), n,
-        group_size, p);
+    using opmath_t = at::opmath_type<scalar_t>;
+    const opmath_t scale = p < 1.0 ? dropout_scale<opmath_t>(p) : opmath_t(0);
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>();
+    auto kernel = runs_packed<scalar_t>(in, out) ? dropout_apply_kernel<scalar_t, true>
+                                                 : dropout_apply_kernel<scalar_t, false>;
+    kernel<<<blocks_for((n + kRun - 1) / kRun), kThreads, 0, stream>>>(in, out, mask.const_data_ptr<uint8_t>(), n,
+                                                                       group_size, scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

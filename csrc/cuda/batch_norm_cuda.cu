@@ -4,11 +4,14 @@
 // Reductions (statistics; the two backward sums) run in two launches: a partial kernel where each
 // channel is spread over P blocks (P large when C is small, so a few channels still fill the GPU), each
 // block writing one partial per channel, then a merge kernel combining a channel's P partials in a
-// fixed order (deterministic, no atomics). Two partial kernels walk the two layouts:
+// fixed order (deterministic, no atomics). P depends on the shape alone, not on the GPU, so results are
+// the same on every device. Two partial kernels walk the two layouts:
 //   N x C x S: grid (C, P), a block's threads stride over the channel's N * S values;
 //   rows x C (channels last): grid (ceil(C / 32), P), blocks of 32 channels x 8 rows, so a warp reads
 //   32 consecutive channels of one row.
-// The elementwise kernels are grid-stride loops that find each element's channel from its index.
+// The elementwise kernels take per-channel coefficients computed once per channel (one thread each),
+// and give each thread a run of consecutive elements, moved as one aligned pack (element_packs.cuh),
+// whose first channel is found by one division and the rest by counting.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
@@ -18,6 +21,7 @@
 #include <limits>
 
 #include "common/batch_norm_checks.h"
+#include "cuda/element_packs.cuh"
 #include "fusedopt/batch_norm.h"
 
 namespace fusedopt::cuda {
@@ -27,6 +31,9 @@ constexpr int kThreads = 256;
 constexpr int kTileChannels = 32;
 constexpr int kTileRows = kThreads / kTileChannels;
 constexpr int kMaxPartials = 1024;
+// Blocks a reduction aims for: enough for 132 SMs (H100) at four blocks each, fixed so that the split
+// into partials, and so the rounding, is the same on every GPU.
+constexpr int64_t kTargetBlocks = 512;
 
 // Welford state of values shifted by their channel's first value (see fusedopt/batch_norm.h).
 template <typename opmath_t>
@@ -83,11 +90,23 @@ __global__ void partials_nchw(const scalar_t* x, const scalar_t* dy, int64_t N, 
   const int64_t c = blockIdx.x;
   const int64_t P = gridDim.y;
   Acc acc = make(c);
-  const int64_t total = N * S;
-  for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < total; i += P * blockDim.x) {
-    const int64_t n = i / S;
-    const int64_t idx = (n * C + c) * S + (i - n * S);
-    acc.add(static_cast<opmath_t>(x[idx]), load_dy<scalar_t, opmath_t>(dy, idx));
+  if (N * S > 0) {
+    // The thread's flat indices i = n * S + s over the channel's N planes, from blockIdx.y * blockDim.x
+    // + threadIdx.x in steps of P * blockDim.x, as (n, s) advanced by counting instead of dividing.
+    const int64_t start = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
+    const int64_t step = P * blockDim.x;
+    const int64_t step_n = step / S, step_s = step - step_n * S;
+    int64_t n = start / S, s = start - n * S;
+    while (n < N) {
+      const int64_t idx = (n * C + c) * S + s;
+      acc.add(static_cast<opmath_t>(x[idx]), load_dy<scalar_t, opmath_t>(dy, idx));
+      n += step_n;
+      s += step_s;
+      if (s >= S) {
+        s -= S;
+        ++n;
+      }
+    }
   }
   shared[threadIdx.x] = acc;
   __syncthreads();
@@ -157,13 +176,12 @@ void reduce_channels(const BnLayout& l, const scalar_t* dy, Make make, Finish fi
   const scalar_t* x = l.input.const_data_ptr<scalar_t>();
   const int64_t C = l.C;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t target_blocks = 4 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   int64_t P;
   if (l.channels_last) {
     const int64_t tiles = ceil_div(C, kTileChannels);
-    P = std::clamp<int64_t>(ceil_div(target_blocks, tiles), 1, std::min<int64_t>(kMaxPartials, std::max<int64_t>(1, ceil_div(l.rows(), 4 * kTileRows))));
+    P = std::clamp<int64_t>(ceil_div(kTargetBlocks, tiles), 1, std::min<int64_t>(kMaxPartials, std::max<int64_t>(1, ceil_div(l.rows(), 4 * kTileRows))));
   } else {
-    P = std::clamp<int64_t>(ceil_div(target_blocks, C), 1, std::min<int64_t>(kMaxPartials, std::max<int64_t>(1, ceil_div(l.count(), 4 * kThreads))));
+    P = std::clamp<int64_t>(ceil_div(kTargetBlocks, C), 1, std::min<int64_t>(kMaxPartials, std::max<int64_t>(1, ceil_div(l.count(), 4 * kThreads))));
   }
   at::Tensor buffer = at::empty({C * P * int64_t(sizeof(Acc))}, l.input.options().dtype(at::kByte));
   Acc* partials = reinterpret_cast<Acc*>(buffer.data_ptr());
@@ -179,39 +197,136 @@ void reduce_channels(const BnLayout& l, const scalar_t* dy, Make make, Finish fi
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Per-channel coefficients (fusedopt/batch_norm.h), one thread per channel, for the elementwise kernels.
+template <typename opmath_t>
+__global__ void forward_coeffs_kernel(int64_t C, const opmath_t* mean, const opmath_t* var, const opmath_t* weight,
+                                      const opmath_t* bias, double eps, BnForwardCoeffs<opmath_t>* out) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  out[c] = bn_forward_coeffs<opmath_t>(mean[c], var[c], eps, weight ? weight + c : nullptr, bias ? bias + c : nullptr);
+}
+
+template <typename opmath_t>
+__global__ void backward_coeffs_kernel(int64_t C, const opmath_t* mean, const opmath_t* var, const opmath_t* weight,
+                                       const opmath_t* sum_dy, const opmath_t* sum_dy_xmu, int64_t count, double eps,
+                                       BnBackwardCoeffs<opmath_t>* out) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  out[c] = bn_backward_coeffs<opmath_t>(mean[c], var[c], eps, weight ? weight + c : nullptr, sum_dy[c], sum_dy_xmu[c],
+                                        count);
+}
+
+// The elementwise rules, per element of channel c.
+template <typename opmath_t>
+struct ForwardRule {
+  static constexpr bool kReadsDy = false;
+  const BnForwardCoeffs<opmath_t>* coeffs;
+  __device__ opmath_t operator()(int64_t c, opmath_t x, opmath_t /*dy*/) const {
+    const BnForwardCoeffs<opmath_t> k = coeffs[c];
+    return bn_forward(x, k.mean, k.scale, k.shift);
+  }
+};
+
+template <typename opmath_t>
+struct BackwardRule {
+  static constexpr bool kReadsDy = true;
+  const BnBackwardCoeffs<opmath_t>* coeffs;
+  __device__ opmath_t operator()(int64_t c, opmath_t x, opmath_t dy) const {
+    const BnBackwardCoeffs<opmath_t> k = coeffs[c];
+    return bn_backward(dy, x, k.mean, k.mean_dy, k.xmu_coeff, k.scale);
+  }
+};
+
+// Elements per thread: 16 bytes (at least two).
+template <typename scalar_t>
+constexpr int run_length() {
+  return sizeof(scalar_t) >= 8 ? 2 : static_cast<int>(16 / sizeof(scalar_t));
+}
+
+// The channel of consecutive elements from flat index i: (i / S) % C, channels last i % C.
 template <bool kChannelsLast>
-__device__ __forceinline__ int64_t channel_of(int64_t i, int64_t C, int64_t S) {
-  return kChannelsLast ? i % C : (i / S) % C;
-}
+struct ChannelCursor {
+  int64_t c, s;
+  __device__ ChannelCursor(int64_t i, int64_t C, int64_t S) {
+    if (kChannelsLast) {
+      c = i % C;
+      s = 0;
+    } else {
+      const int64_t q = i / S;
+      s = i - q * S;
+      c = q % C;
+    }
+  }
+  __device__ void next(int64_t C, int64_t S) {
+    if (!kChannelsLast && ++s < S) return;
+    s = 0;
+    if (++c == C) c = 0;
+  }
+};
 
-template <typename scalar_t, typename opmath_t, bool kChannelsLast>
-__global__ void elemt_kernel(const scalar_t* x, scalar_t* y, int64_t numel, int64_t C, int64_t S,
-                             const opmath_t* mean, const opmath_t* var, const opmath_t* weight,
-                             const opmath_t* bias, double eps) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = channel_of<kChannelsLast>(i, C, S);
-    const auto k = bn_forward_coeffs<opmath_t>(mean[c], var[c], eps, weight ? weight + c : nullptr,
-                                               bias ? bias + c : nullptr);
-    y[i] = static_cast<scalar_t>(bn_forward(static_cast<opmath_t>(x[i]), k.mean, k.scale, k.shift));
+// out[i] = rule(channel of i, x[i], dy[i]) over runs of run_length elements, one run per thread in a
+// grid-stride loop; kPacked: x, dy and out are aligned for packs (the last, short run goes one by one).
+template <typename scalar_t, bool kChannelsLast, bool kPacked, typename Rule>
+__global__ void elementwise_kernel(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t numel, int64_t C,
+                                   int64_t S, Rule rule) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  constexpr int kRun = run_length<scalar_t>();
+  const int64_t runs = (numel + kRun - 1) / kRun;
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < runs; r += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t first = r * kRun;
+    ChannelCursor<kChannelsLast> cursor(first, C, S);
+    if (kPacked && first + kRun <= numel) {
+      Pack<scalar_t, kRun> xv = load_pack<scalar_t, kRun>(x, first);
+      Pack<scalar_t, kRun> dv;
+      if (Rule::kReadsDy) dv = load_pack<scalar_t, kRun>(dy, first);
+#pragma unroll
+      for (int j = 0; j < kRun; ++j) {
+        const opmath_t d = Rule::kReadsDy ? static_cast<opmath_t>(dv.v[j]) : opmath_t(0);
+        xv.v[j] = static_cast<scalar_t>(rule(cursor.c, static_cast<opmath_t>(xv.v[j]), d));
+        cursor.next(C, S);
+      }
+      store_pack<scalar_t, kRun>(out, first, xv);
+    } else {
+      for (int64_t i = first; i < numel && i < first + kRun; ++i) {
+        const opmath_t d = Rule::kReadsDy ? static_cast<opmath_t>(dy[i]) : opmath_t(0);
+        out[i] = static_cast<scalar_t>(rule(cursor.c, static_cast<opmath_t>(x[i]), d));
+        cursor.next(C, S);
+      }
+    }
   }
 }
 
-template <typename scalar_t, typename opmath_t, bool kChannelsLast>
-__global__ void backward_elemt_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* gi, int64_t numel, int64_t C,
-                                      int64_t S, const opmath_t* mean, const opmath_t* var, const opmath_t* weight,
-                                      const opmath_t* sum_dy, const opmath_t* sum_dy_xmu, int64_t count, double eps) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = channel_of<kChannelsLast>(i, C, S);
-    const auto k = bn_backward_coeffs<opmath_t>(mean[c], var[c], eps, weight ? weight + c : nullptr, sum_dy[c],
-                                                sum_dy_xmu[c], count);
-    gi[i] = static_cast<scalar_t>(bn_backward(static_cast<opmath_t>(dy[i]), static_cast<opmath_t>(x[i]), k.mean,
-                                              k.mean_dy, k.xmu_coeff, k.scale));
-  }
-}
-
-dim3 elementwise_grid(int64_t numel) {
+dim3 elementwise_grid(int64_t work) {
   const int64_t max_blocks = 8 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  return dim3(static_cast<unsigned>(std::clamp<int64_t>(ceil_div(numel, kThreads), 1, max_blocks)));
+  return dim3(static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, kThreads), 1, max_blocks)));
+}
+
+// A device buffer of C per-channel coefficient records.
+template <typename Coeffs>
+at::Tensor coeffs_buffer(const BnLayout& l) {
+  return at::empty({l.C * int64_t(sizeof(Coeffs))}, l.input.options().dtype(at::kByte));
+}
+
+// Launches elementwise_kernel over the layout's elements, choosing the walk and whether packs fit.
+template <typename scalar_t, typename Rule>
+void launch_elementwise(const BnLayout& l, const scalar_t* dy, scalar_t* out, Rule rule) {
+  const int64_t numel = l.input.numel();
+  const scalar_t* x = l.input.const_data_ptr<scalar_t>();
+  constexpr int kRun = run_length<scalar_t>();
+  const bool packed = pack_aligned<scalar_t, kRun>(x) && pack_aligned<scalar_t, kRun>(dy) &&
+                      pack_aligned<scalar_t, kRun>(out);
+  auto launch = [&](auto kernel) {
+    kernel<<<elementwise_grid(ceil_div(numel, kRun)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        x, dy, out, numel, l.C, l.S, rule);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (l.channels_last) {
+    if (packed) launch(elementwise_kernel<scalar_t, true, true, Rule>);
+    else launch(elementwise_kernel<scalar_t, true, false, Rule>);
+  } else {
+    if (packed) launch(elementwise_kernel<scalar_t, false, true, Rule>);
+    else launch(elementwise_kernel<scalar_t, false, false, Rule>);
+  }
 }
 
 template <typename T>
@@ -236,20 +351,18 @@ void stats_launch(const BnLayout& l, at::Tensor& mean, at::Tensor& var) {
 
 void elemt_launch(const BnLayout& l, at::Tensor& out, const at::Tensor& mean, const at::Tensor& var,
                   const at::Tensor* weight, const at::Tensor* bias, double eps) {
-  const int64_t numel = l.input.numel();
-  if (numel == 0) return;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (l.input.numel() == 0) return;
   FUSEDOPT_BN_DISPATCH(l.input.scalar_type(), "fusedopt.batch_norm_elemt", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    auto launch = [&](auto kernel) {
-      kernel<<<elementwise_grid(numel), kThreads, 0, stream>>>(
-          l.input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), numel, l.C, l.S,
-          mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
-          opt_ptr<opmath_t>(bias), eps);
-    };
-    if (l.channels_last) launch(elemt_kernel<scalar_t, opmath_t, true>);
-    else launch(elemt_kernel<scalar_t, opmath_t, false>);
+    using Coeffs = BnForwardCoeffs<opmath_t>;
+    at::Tensor buffer = coeffs_buffer<Coeffs>(l);
+    auto* coeffs = reinterpret_cast<Coeffs*>(buffer.data_ptr());
+    forward_coeffs_kernel<opmath_t><<<static_cast<unsigned>(ceil_div(l.C, kThreads)), kThreads, 0,
+                                      at::cuda::getCurrentCUDAStream()>>>(
+        l.C, mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
+        opt_ptr<opmath_t>(bias), eps, coeffs);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_elementwise<scalar_t>(l, nullptr, out.data_ptr<scalar_t>(), ForwardRule<opmath_t>{coeffs});
   });
 }
 
@@ -266,20 +379,19 @@ void backward_reduce_launch(const BnLayout& l, const at::Tensor& dy, const at::T
 void backward_elemt_launch(const BnLayout& l, const at::Tensor& dy, at::Tensor& grad_in, const at::Tensor& mean,
                            const at::Tensor& var, const at::Tensor* weight, const at::Tensor& sum_dy,
                            const at::Tensor& sum_dy_xmu, int64_t count, double eps) {
-  const int64_t numel = l.input.numel();
-  if (numel == 0) return;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (l.input.numel() == 0) return;
   FUSEDOPT_BN_DISPATCH(l.input.scalar_type(), "fusedopt.batch_norm_backward_elemt", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    auto launch = [&](auto kernel) {
-      kernel<<<elementwise_grid(numel), kThreads, 0, stream>>>(
-          dy.const_data_ptr<scalar_t>(), l.input.const_data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), numel, l.C,
-          l.S, mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
-          sum_dy.const_data_ptr<opmath_t>(), sum_dy_xmu.const_data_ptr<opmath_t>(), count, eps);
-    };
-    if (l.channels_last) launch(backward_elemt_kernel<scalar_t, opmath_t, true>);
-    else launch(backward_elemt_kernel<scalar_t, opmath_t, false>);
+    using Coeffs = BnBackwardCoeffs<opmath_t>;
+    at::Tensor buffer = coeffs_buffer<Coeffs>(l);
+    auto* coeffs = reinterpret_cast<Coeffs*>(buffer.data_ptr());
+    backward_coeffs_kernel<opmath_t><<<static_cast<unsigned>(ceil_div(l.C, kThreads)), kThreads, 0,
+                                       at::cuda::getCurrentCUDAStream()>>>(
+        l.C, mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
+        sum_dy.const_data_ptr<opmath_t>(), sum_dy_xmu.const_data_ptr<opmath_t>(), count, eps, coeffs);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_elementwise<scalar_t>(l, dy.const_data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(),
+                                 BackwardRule<opmath_t>{coeffs});
   });
 }
 

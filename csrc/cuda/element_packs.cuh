@@ -1,7 +1,7 @@
 // Runs of consecutive elements moved as one aligned access (16-byte loads and stores where the run is
-// that long), for the elementwise kernels that give each thread a run: a warp's accesses then cover
-// contiguous memory, where a thread walking its run one scalar at a time strides the warp over
-// kN-element gaps.
+// that long), for the kernels that give each thread a run (the multi-tensor launcher, dropout,
+// BatchNorm): a warp's accesses then cover contiguous memory, where a thread walking its run one scalar
+// at a time strides the warp over kN-element gaps.
 #pragma once
 
 #include <cstdint>

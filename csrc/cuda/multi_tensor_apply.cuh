@@ -25,6 +25,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/tensor_lists.h"
+#include "cuda/element_packs.cuh"
 
 namespace fusedopt::cuda {
 
@@ -77,11 +78,6 @@ __device__ __forceinline__ BlockChunk block_chunk(const TensorTable<K>& table) {
   return {lo, begin, int(min(int64_t(kChunk), table.numel[lo] - begin))};
 }
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
 // Walks the n elements of one chunk, W elements per access (W > 1 only when every list's pointer is
 // 16-byte aligned), kUnroll accesses per thread and list in flight.
 template <int W, typename scalar_t, typename opmath_t, int K, typename Update, size_t... I>
@@ -99,7 +95,7 @@ __device__ __forceinline__ void process_chunk(scalar_t* const (&base)[K], int n,
         const int at = first + u * step;
         if ((read_mask >> k & 1u) && at < n) {
           if (at + W <= n) {
-            const Pack<scalar_t, W> p = *reinterpret_cast<const Pack<scalar_t, W>*>(base[k] + at);
+            const Pack<scalar_t, W> p = load_pack<scalar_t, W>(base[k], at);
 #pragma unroll
             for (int j = 0; j < W; ++j) v[k][u][j] = static_cast<opmath_t>(p.v[j]);
           } else {
@@ -127,7 +123,7 @@ __device__ __forceinline__ void process_chunk(scalar_t* const (&base)[K], int n,
             Pack<scalar_t, W> p;
 #pragma unroll
             for (int j = 0; j < W; ++j) p.v[j] = static_cast<scalar_t>(v[k][u][j]);
-            *reinterpret_cast<Pack<scalar_t, W>*>(base[k] + at) = p;
+            store_pack<scalar_t, W>(base[k], at, p);
           } else {
 #pragma unroll
             for (int j = 0; j < W; ++j) {

@@ -3,8 +3,10 @@ functional and module API (fusedopt.nn)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -447,3 +449,159 @@ def test_cuda_generator_reproduces_and_advances():
     a1, a2 = FF.dropout(x, 0.5), FF.dropout(x, 0.5)
     torch.manual_seed(4)
     assert torch.equal(a1, FF.dropout(x, 0.5)) and not torch.equal(a1, a2)
+
+
+# ---- edge cases against torch (its functional and modules directly) ---------------------------------
+
+TORCH_AND_OURS = [(torch.nn.functional.dropout, FF.dropout), (torch.nn.functional.dropout1d, FF.dropout1d),
+                  (torch.nn.functional.dropout2d, FF.dropout2d), (torch.nn.functional.dropout3d, FF.dropout3d)]
+
+
+def _outcome(fn, x, *args, **kwargs):
+    """What a call does, comparable between torch and us: the exception's type and message, or the
+    result (shape, dtype, whether it is the input, its values for deterministic calls); the warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            y = fn(x, *args, **kwargs)
+            result = (tuple(y.shape), y.dtype, y is x, y.detach().nan_to_num(7.0).tolist())
+        except Exception as e:  # noqa: BLE001  (the point is to compare them)
+            result = (type(e), str(e))
+    return result, [str(w.message) for w in caught]
+
+
+def test_nan_p_is_torchs_runtime_error():
+    """torch's range check lets NaN through (comparisons with NaN are false) and ATen's then raises a
+    RuntimeError, in training and evaluation alike, for every input, after the functional's own
+    dimension checks and warnings; we raised a ValueError in training and nothing in evaluation."""
+    nan = float("nan")
+    for torch_fn, our_fn in TORCH_AND_OURS:
+        for shape in [(), (5,), (0,), (3, 4), (2, 3, 4), (2, 3, 4, 5), (2, 0, 4, 5, 6), (2, 3, 4, 5, 6)]:
+            for p in (nan, -nan, torch.tensor(nan)):
+                for training, inplace in itertools.product((True, False), (False, True)):
+                    x = torch.randn(shape)
+                    a, b = x.clone(), x.clone()
+                    ours = _outcome(our_fn, a, p, training, inplace)
+                    assert ours == _outcome(torch_fn, b, p, training, inplace), (our_fn, shape, p, training)
+                    assert ours[0][0] is RuntimeError  # the probability, or dropout1d's dimensions
+                    assert torch.equal(a, x)  # (torch's dropout1d/3d leave an unbatched input unsqueezed)
+    for torch_module, our_module in [(torch.nn.Dropout, fusedopt.nn.Dropout), (torch.nn.Dropout2d, fusedopt.nn.Dropout2d)]:
+        for training in (True, False):
+            x = torch.randn(2, 3, 4)
+            theirs, ours = torch_module(nan).train(training), our_module(nan).train(training)
+            assert _outcome(ours, x) == _outcome(theirs, x)
+            assert _outcome(ours, x)[0][0] is RuntimeError
+
+
+def test_p_one_needs_no_channels_as_in_torch():
+    """At p = 1 torch multiplies by 0 before it looks for channels: dropout2d/3d of a 0-d or 1-d input
+    is its zeros (NaN for inf), in place the input itself, differentiable, with the usual warnings."""
+    torch_fns = {"dropout2d": torch.nn.functional.dropout2d, "dropout3d": torch.nn.functional.dropout3d}
+    for name, our_fn in (("dropout2d", FF.dropout2d), ("dropout3d", FF.dropout3d)):
+        for x in (torch.tensor(2.5), torch.tensor([1.0, float("inf"), -3.0]), torch.tensor([4.0], dtype=torch.float64)):
+            for inplace in (False, True):
+                a, b = x.clone(), x.clone()
+                assert _outcome(our_fn, a, 1.0, True, inplace) == _outcome(torch_fns[name], b, 1.0, True, inplace)
+                assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) and a.shape == b.shape
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+                our_fn(a, 1.0).sum().backward()
+                torch_fns[name](b, 1.0).sum().backward()
+            assert torch.equal(a.grad, b.grad)
+        # below p = 1 the shape still matters
+        shape = (3,) if name == "dropout2d" else ()
+        ours = _outcome(our_fn, torch.ones(shape), 0.5)
+        assert ours == _outcome(torch_fns[name], torch.ones(shape), 0.5) and ours[0][0] is RuntimeError
+
+
+def test_argument_types_are_torchs():
+    """torch's _VF call takes `training` as a bool only and F.dropout's input as a Tensor only (a
+    TypeError naming the ATen function), after the functional's own checks; we took any truthy value
+    and returned a non-tensor input as it was."""
+    import numpy as np
+
+    for torch_fn, our_fn in TORCH_AND_OURS:
+        shape = (2, 3, 4, 5, 6) if our_fn is FF.dropout3d else (2, 3, 4)
+        for training in (None, 1, 0.0, "yes", np.bool_(True), torch.tensor(True)):
+            for p in (0.0, 0.5, 1.0, float("nan")):
+                for inplace in (False, True):
+                    x = torch.ones(shape)
+                    ours = _outcome(our_fn, x, p, training, inplace)
+                    assert ours == _outcome(torch_fn, torch.ones(shape), p, training, inplace)
+                    assert ours[0][0] is TypeError and torch.equal(x, torch.ones(shape))
+    for bad in ([1.0, 2.0], 3.0, None, np.ones(3)):
+        for inplace in (False, True):
+            for p, training in ((0.5, True), (0.0, True), (0.5, False)):
+                ours = _outcome(FF.dropout, bad, p, training, inplace)
+                assert ours[0][0] is TypeError
+                assert ours == _outcome(torch.nn.functional.dropout, bad, p, training, inplace)
+    assert _outcome(FF.dropout, [1.0], 1.5) == _outcome(torch.nn.functional.dropout, [1.0], 1.5)  # range first
+
+
+def test_inplace_on_a_leaf_that_requires_grad_raises_before_writing():
+    """torch refuses an in-place dropout of a leaf that requires grad (or of a view of one) before
+    writing; our op's autograd raised only after its kernel had dropped the leaf's values."""
+    for torch_fn, our_fn in TORCH_AND_OURS:
+        shape = (2, 3, 4, 5, 6) if our_fn is FF.dropout3d else (2, 3, 4)
+        for p in (0.5, 1.0):
+            for view in (False, True):
+                x, y = torch.ones(shape, requires_grad=True), torch.ones(shape, requires_grad=True)
+                a, b = (x[0], y[0]) if view else (x, y)
+                ours = _outcome(our_fn, a, p, True, True)
+                assert ours == _outcome(torch_fn, b, p, True, True) and ours[0][0] is RuntimeError
+                assert torch.equal(x, torch.ones(shape)) and torch.equal(y, torch.ones(shape))
+    with torch.no_grad():  # no grad recorded: written as torch writes it
+        x = torch.ones(10, requires_grad=True)
+        assert FF.dropout(x, 1.0, inplace=True) is x and torch.equal(x, torch.zeros(10))
+
+
+def test_inplace_views_autograd_refuses_raise_before_writing():
+    """torch's other in-place refusals (a view made in no-grad mode, an output of a multi-output view
+    function), and the op called directly on a leaf: raised by the op's autograd kernel before the
+    kernel writes, with torch's messages."""
+    def no_grad_view(base):
+        with torch.no_grad():
+            return base[0]
+    for make_view in (no_grad_view, lambda base: base.unbind(0)[0]):
+        errors = []
+        for fn in (torch.nn.functional.dropout, FF.dropout):
+            base = torch.ones(4, 5, requires_grad=True).clone()
+            with pytest.raises(RuntimeError) as info:
+                fn(make_view(base), 0.5, inplace=True)
+            errors.append(str(info.value))
+            assert torch.equal(base.detach(), torch.ones(4, 5))
+        assert errors[0] == errors[1]
+    leaf = torch.ones(4, 5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place"):
+        ops.dropout_(leaf, 0.5)
+    assert torch.equal(leaf.detach(), torch.ones(4, 5))
+
+
+def test_unbatched_inplace_errors_leave_the_input_as_it_was():
+    """A torch bug we keep out: torch's dropout1d/dropout3d take an unbatched input in place by
+    unsqueeze_ on the input itself, so an error after it (a NaN p, a 0-d input to dropout3d, a bad
+    `training`) leaves the caller's tensor with an extra dimension, and unsqueeze_ refuses a leaf
+    that requires grad even where nothing would be written (evaluation, p = 0). Ours raises the same
+    errors with the input untouched, and returns such a leaf as it is."""
+    cases = [(FF.dropout1d, torch.nn.functional.dropout1d, (3, 4), (float("nan"), True)),
+             (FF.dropout3d, torch.nn.functional.dropout3d, (2, 3, 4, 5), (float("nan"), False)),
+             (FF.dropout3d, torch.nn.functional.dropout3d, (), (0.5, True)),
+             (FF.dropout3d, torch.nn.functional.dropout3d, (2, 3, 4, 5), (0.5, None))]
+    for our_fn, torch_fn, shape, (p, training) in cases:
+        x, y = torch.ones(shape), torch.ones(shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(Exception) as theirs:
+                torch_fn(y, p, training, True)
+            with pytest.raises(theirs.type, match=f"^{re.escape(str(theirs.value))}$"):
+                our_fn(x, p, training, True)
+        assert y.shape == (1,) + shape  # torch: left unsqueezed
+        assert x.shape == shape and torch.equal(x, torch.ones(shape))
+    for our_fn, torch_fn, shape in [(FF.dropout1d, torch.nn.functional.dropout1d, (3, 4)),
+                                    (FF.dropout3d, torch.nn.functional.dropout3d, (2, 3, 4, 5))]:
+        for p, training in ((0.5, False), (0.0, True)):
+            x = torch.ones(shape, requires_grad=True)
+            with pytest.raises(RuntimeError, match="a leaf Variable that requires grad"):
+                torch_fn(x, p, training, True)
+            assert our_fn(x, p, training, True) is x and x.shape == shape

@@ -10,6 +10,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
 #include "common/op_signatures.h"
@@ -106,6 +107,9 @@ at::Tensor dropout_inplace_autograd(at::Tensor& input, double p, int64_t group_s
     const at::AutoDispatchBelowAutograd below_autograd;
     return dropout_inplace_op().call(input, p, group_size, seed, offset);
   }
+  // torch's in-place checks (a leaf that requires grad, a view of one, a view made in no-grad mode or by
+  // a multi-output function) before the kernel writes: the Function's own come after forward().
+  torch::autograd::check_inplace(input, /*requires_grad=*/true);
   at::Tensor mask;
   DropoutInplace::apply(input, p, group_size, seed, offset, &mask);
   return mask;

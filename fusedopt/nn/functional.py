@@ -6,6 +6,7 @@ import math
 import warnings
 from typing import Optional
 
+import torch
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
@@ -81,16 +82,58 @@ def _check_p(p: float) -> None:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
-def _apply(input: Tensor, p: float, training: bool, inplace: bool, channel_wise: bool) -> Tensor:
+def _type_name(obj) -> str:
+    """The type's name as CPython's tp_name spells it in torch's argument errors ("numpy.bool", "int")."""
+    t = type(obj)
+    if t.__flags__ & (1 << 9) or t.__module__ == "builtins":  # Py_TPFLAGS_HEAPTYPE: the bare name
+        return t.__name__
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _check_call(name: str, input, p: float, training, inplace: bool) -> None:
+    """What torch's ``_VF.<name>`` call checks, raised where its functional makes that call (after its own
+    range check, dimension checks and warnings): the argument types, then ATen's probability check,
+    which rejects NaN (every comparison with NaN is false, so NaN passes the range check above), in
+    training and evaluation alike."""
+    op = name + "_" if inplace else name
+    if name == "dropout" and not isinstance(input, Tensor):
+        raise TypeError(f"{op}(): argument 'input' (position 1) must be Tensor, not {_type_name(input)}")
+    if not isinstance(training, bool):
+        raise TypeError(f"{op}(): argument 'train' (position 3) must be bool, not {_type_name(training)}")
+    if p != p:
+        sign = "-" if math.copysign(1.0, float(p)) < 0 else ""  # as C++ prints it
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {sign}nan")
+
+
+def _check_unbatched_inplace(input: Tensor) -> None:
+    """torch's in-place error for an unbatched input to dropout1d/3d: torch unsqueezes the input itself
+    (unsqueeze_), so it names the input where the op, handed our unsqueezed view, would name a view.
+    (The op checks its own input, before writing, in csrc/common/dropout_autograd.cpp.)"""
+    if input.requires_grad and torch.is_grad_enabled():
+        if input.is_leaf:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+        base = input._base
+        if base is not None and base.is_leaf:
+            raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place "
+                               "operation.")
+
+
+def _apply(input: Tensor, p: float, training: bool, inplace: bool, channel_wise: bool,
+           caller_input: Optional[Tensor] = None) -> Tensor:
     # torch returns the input itself when nothing is dropped, before looking at its shape.
     if p == 0 or not training or input.numel() == 0:
         return input
     group_size = 1
     if channel_wise:
-        if input.dim() < 2:
+        if input.dim() >= 2:
+            group_size = math.prod(input.shape[2:])
+        elif p != 1:
+            # torch drops everything (input * 0) at p = 1 before it looks at the shape: no channels
+            # needed then (group_size 1, every element dropped).
             raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
-        group_size = math.prod(input.shape[2:])
     if inplace:
+        if caller_input is not None:
+            _check_unbatched_inplace(caller_input)
         return _dropout_ops.dropout_(input, p, group_size)
     return _dropout_ops.dropout(input, p, group_size)[0]
 
@@ -101,14 +144,20 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     if has_torch_function_unary(input):
         return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
     _check_p(p)
+    _check_call("dropout", input, p, training, inplace)
     return _apply(input, p, training, inplace, channel_wise=False)
 
 
-def _unbatched_channel_dropout(input: Tensor, p: float, training: bool, inplace: bool,
-                               batched: bool) -> Tensor:
+def _channel_dropout(input: Tensor, p: float, training: bool, inplace: bool, batched: bool) -> Tensor:
+    """dropout1d/2d/3d once their shape rules are applied: torch's feature dropout of input, or of
+    input with a batch dimension added (batched=False)."""
+    _check_call("feature_dropout", input, p, training, inplace)
     if batched:
         return _apply(input, p, training, inplace, channel_wise=True)
-    result = _apply(input.unsqueeze(0), p, training, inplace, channel_wise=True)
+    # torch unsqueezes the input itself in place (unsqueeze_) and squeezes it back afterwards; an error
+    # in between (a NaN p, a 0-d input) leaves it unsqueezed, and unsqueeze_ refuses a leaf that
+    # requires grad even where nothing is written (evaluation, p = 0). A view changes nothing of input.
+    result = _apply(input.unsqueeze(0), p, training, inplace, channel_wise=True, caller_input=input)
     # In place, the input (now holding the result) is returned itself, as torch does.
     return input if inplace else result.squeeze(0)
 
@@ -125,7 +174,7 @@ def dropout1d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
             "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
             "spatial dimension, a channel dimension, and an optional batch dimension "
             "(i.e. 2D or 3D inputs).")
-    return _unbatched_channel_dropout(input, p, training, inplace, batched=inp_dim == 3)
+    return _channel_dropout(input, p, training, inplace, batched=inp_dim == 3)
 
 
 def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
@@ -151,7 +200,7 @@ def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
             "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
             "channel-wise dropout behavior, please switch to using dropout1d instead.",
             stacklevel=2)
-    return _apply(input, p, training, inplace, channel_wise=True)
+    return _channel_dropout(input, p, training, inplace, batched=True)
 
 
 def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
@@ -168,4 +217,4 @@ def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
             "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
             "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs).",
             stacklevel=2)
-    return _unbatched_channel_dropout(input, p, training, inplace, batched=inp_dim == 5)
+    return _channel_dropout(input, p, training, inplace, batched=inp_dim == 5)

@@ -75,8 +75,9 @@ def test_total_norm_op(device, mix, p):
 def test_get_total_norm_matches_torch(device, mix, p):
     tensors = _mixed_zoo(DTYPE_MIXES[mix], device, seed=7)
     if p == INF:
-        # torch raises for the inf-norm of a list holding an empty tensor; we take the max over the
-        # elements there are (tested in test_total_norm_op).
+        # torch raises for the inf-norm of a list holding an empty tensor, and so do we
+        # (test_norms_without_identity_refuse_empty_tensors); the op takes the max over the elements
+        # there are (test_total_norm_op).
         tensors = [t for t in tensors if t.numel()]
     ours = get_total_norm(tensors, p)
     theirs = torch.nn.utils.get_total_norm(tensors, p)
@@ -413,7 +414,7 @@ def test_bad_input_as_torch():
         pa.grad, pb.grad = a, b
         torch.testing.assert_close(clip_grad_norm_([pa], *args), torch.nn.utils.clip_grad_norm_([pb], *args))
         torch.testing.assert_close(pa.grad, pb.grad)
-    with pytest.raises(TypeError, match="dtype torch.int64"):
+    with pytest.raises(RuntimeError, match="dtype torch.int64"):  # torch: a RuntimeError too
         get_total_norm([torch.ones(3, dtype=torch.int64)])
     with pytest.raises(RuntimeError, match="norm_type is nan"):
         torch.ops.fusedopt.total_norm([torch.ones(3)], math.nan)
@@ -661,6 +662,31 @@ def test_folded_clipping_norm_over_groups_is_get_total_norm():
         assert torch.equal(opt.last_grad_norm, expected)
 
 
+def test_folded_clipping_refuses_empty_grads_as_clip_grad_norm_():
+    """The folded norm is clip_grad_norm_'s: with an inf or negative norm_type and an empty grad, torch's
+    error (the norm of an empty tensor has no identity), raised before anything changes, on the fused
+    one-device path as on get_total_norm's; other orders take the empty grad as zeros."""
+    for p in (INF, -1.0, 2.0):
+        params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.zeros(0))]
+        for q in params:
+            q.grad = torch.full_like(q, 0.5)
+        opt = fusedopt.optim.AdamW(params, lr=0.1, max_grad_norm=1.0, grad_norm_type=p)
+        if p == 2.0:
+            opt.step()
+            assert not torch.equal(params[0].detach(), torch.ones(3))
+            continue
+        with pytest.raises(RuntimeError) as ours:
+            opt.step()
+        copies = [q.detach().clone().requires_grad_() for q in params]
+        for c, q in zip(copies, params):
+            c.grad = q.grad.clone()
+        with pytest.raises(RuntimeError) as theirs:
+            torch.nn.utils.clip_grad_norm_(copies, 1.0, p)
+        assert "does not have an identity" in str(theirs.value)
+        assert str(ours.value) == str(theirs.value)
+        assert torch.equal(params[0].detach(), torch.ones(3)) and opt.state == {}
+
+
 # ---- the ops' write_grads=False (folded clipping without GradScaler) ---------------------------------
 
 def _op_samples_with_grad_scale(device):
@@ -735,3 +761,149 @@ def test_ops_divide_by_a_float64_grad_scale(device, dtype):
 def test_opcheck_without_write_grads(device):
     for op, args, kwargs in _op_samples_with_grad_scale(device):
         torch.library.opcheck(op.default, args, dict(kwargs, write_grads=False))
+
+
+# ---- edge cases against torch.nn.utils directly -------------------------------------------------------
+
+def _outcome(fn, *args, **kwargs):
+    """A call's result (value with NaNs, dtype, shape, device) or its exception (type, message), and
+    its warnings, comparable between torch and us."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            r = fn(*args, **kwargs)
+            result = None if r is None else (r.double().nan_to_num(-7.0).tolist(), r.dtype, r.shape, r.device)
+        except Exception as e:  # noqa: BLE001  (the point is to compare them)
+            result = (type(e), str(e))
+    return result, [str(w.message) for w in caught]
+
+
+def _grads_of(specs):
+    """Parameters whose grads are the given tensors (None: no grad)."""
+    params = []
+    for g in specs:
+        p = torch.nn.Parameter(torch.zeros(g.shape if g is not None else (2,), dtype=getattr(g, "dtype", None)))
+        p.grad = None if g is None else g.clone()
+        params.append(p)
+    return params
+
+
+def _same_grads(ours, theirs):
+    for a, b in zip(ours, theirs):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, equal_nan=True)
+
+
+def test_norms_without_identity_refuse_empty_tensors():
+    """torch takes each tensor's norm first, and the inf and negative-order norms of an empty tensor
+    have no identity: an error (its message), also where the other tensors have elements, raised
+    before any grad changes. We took the max (inf) or the sum of powers over the elements there are."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, generator=g), torch.randn(2, 3, generator=g)
+    for tensors in ([torch.zeros(0)], [torch.zeros(0), x], [x, y, torch.zeros(3, 0)], [torch.zeros(0, 2), torch.zeros(0)]):
+        for p in (INF, -INF, -1.0, -0.5, -1234567.0, "inf"):
+            for foreach in (None, False):
+                ours = _outcome(get_total_norm, tensors, p, foreach=foreach)
+                assert ours == _outcome(torch.nn.utils.get_total_norm, tensors, p, foreach=foreach)
+                assert ours[0][0] is RuntimeError, (tensors, p)
+            for error_if_nonfinite in (False, True):
+                ours_p, theirs_p = _grads_of(tensors), _grads_of(tensors)
+                ours = _outcome(clip_grad_norm_, ours_p, 0.5, p, error_if_nonfinite)
+                assert ours == _outcome(torch.nn.utils.clip_grad_norm_, theirs_p, 0.5, p, error_if_nonfinite)
+                _same_grads(ours_p, theirs_p)
+                assert all(torch.equal(q.grad, t) for q, t in zip(ours_p, tensors))
+        for p in (2.0, 1.0, 0.0, 0.5):  # these have an identity: the empty tensors count as zeros
+            ours, theirs = get_total_norm(tensors, p), torch.nn.utils.get_total_norm(tensors, p)
+            torch.testing.assert_close(ours, theirs, rtol=2e-6, atol=0)
+
+
+def test_nan_norm_type_as_torch():
+    """torch computes a norm of order NaN: linalg.vector_norm of no element is 0, of one element its
+    absolute value, of more NaN; the total is that norm of the per-tensor norms. clip_grad_norm_ then
+    scales by NaN (or by the coefficient of that absolute value), or raises with error_if_nonfinite.
+    Our op refused NaN (a RuntimeError naming norm_type)."""
+    nan = float("nan")
+    cases = [[torch.tensor(-2.5)], [torch.tensor([3.0])], [torch.tensor([3.0], dtype=torch.float64)],
+             [torch.tensor([1.0, 2.0])], [torch.zeros(0)], [torch.zeros(0), torch.zeros(0)],
+             [torch.tensor([3.0]), torch.tensor([4.0])], [torch.zeros(0), torch.tensor([2.0])],
+             [torch.tensor([float("inf")])], [torch.randn(4, 5), torch.randn(3, dtype=torch.float64)]]
+    for tensors in cases:
+        for p in (nan, "nan", torch.tensor(nan)):
+            for error_if_nonfinite in (False, True):
+                ours = _outcome(get_total_norm, tensors, p, error_if_nonfinite)
+                assert ours == _outcome(torch.nn.utils.get_total_norm, tensors, p, error_if_nonfinite), tensors
+                ours_p, theirs_p = _grads_of(tensors + [None]), _grads_of(tensors + [None])
+                ours = _outcome(clip_grad_norm_, ours_p, 0.5, p, error_if_nonfinite)
+                assert ours == _outcome(torch.nn.utils.clip_grad_norm_, theirs_p, 0.5, p, error_if_nonfinite)
+                _same_grads(ours_p, theirs_p)
+    with pytest.raises(RuntimeError, match="norm_type is nan"):  # the op itself still refuses NaN
+        torch.ops.fusedopt.total_norm([torch.ones(3)], nan)
+
+
+def test_clip_grads_with_norm_takes_total_norm_as_torch():
+    """torch multiplies the grads by clamp(max_norm / (total_norm + 1e-6), max=1) with _foreach_mul_,
+    which takes a 0-dim tensor only: a (1,)-shaped total_norm (or any other shape) is a RuntimeError,
+    a number a TypeError, a complex tensor a NotImplementedError (clamp), all before any grad changes.
+    We scaled by the single element, and raised AttributeError for a number."""
+    specs = [torch.randn(3), torch.randn(2, 2), None]
+    for total_norm in (torch.tensor([5.0]), torch.tensor([[5.0]], dtype=torch.float64), torch.tensor([5.0, 6.0]),
+                       torch.zeros(0), 5.0, 5, None, torch.tensor(5.0 + 0j), torch.tensor(5.0), torch.tensor(0.1)):
+        for max_norm in (1.0, "a"):
+            ours_p, theirs_p = _grads_of(specs), _grads_of(specs)
+            ours = _outcome(clip_grads_with_norm_, ours_p, max_norm, total_norm)
+            theirs = _outcome(torch.nn.utils.clip_grads_with_norm_, theirs_p, max_norm, total_norm)
+            if theirs[0] is None:
+                assert ours == theirs, total_norm
+            else:
+                assert ours[0] is not None and ours[0][0] is theirs[0][0], (total_norm, ours, theirs)
+                if ours[0][0] is not TypeError:  # (torch's come from `+` and clamp's argument parser)
+                    assert ours == theirs, total_norm
+            _same_grads(ours_p, theirs_p)
+        # no grads: nothing is checked, as in torch
+        assert clip_grads_with_norm_(_grads_of([None]), 1.0, total_norm) is None
+
+
+def test_clip_grad_norm_raises_in_torchs_order():
+    """torch reads the params' grads, converts norm_type, takes the norm (and its non-finite check),
+    and converts max_norm only then; we converted both numbers first."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([1.0, INF, 2.0])
+    for params, norm_type, max_norm, error_if_nonfinite in [
+            ([p, 1.0], "a", 1.0, False), ([p, None], None, "a", False), ([p], "a", None, False),
+            ([p], 2.0, "a", True), ([p], INF, None, True), ([p], 2.0, "a", False)]:
+        before = p.grad.clone()
+        ours = _outcome(clip_grad_norm_, params, max_norm, norm_type, error_if_nonfinite)
+        assert ours == _outcome(torch.nn.utils.clip_grad_norm_, params, max_norm, norm_type, error_if_nonfinite)
+        assert ours[0][0] in (AttributeError, TypeError, ValueError, RuntimeError)
+        assert torch.equal(p.grad, before)
+
+
+def test_refused_entries_raise_torchs_exception_types():
+    """Where torch.nn.utils raises too, the exception type is its own: RuntimeError for integer and
+    bool tensors and None entries, NotImplementedError for float8 and sparse tensors (we raised
+    TypeError); our messages name the entry."""
+    entries = [torch.arange(3), torch.ones(3, dtype=torch.bool), torch.ones(3, dtype=torch.uint8),
+               torch.ones(3).to(torch.float8_e4m3fn), torch.ones(3).to_sparse(), None]
+    for bad in entries:
+        for fn in ("get_total_norm", "clip_grad_norm_", "clip_grads_with_norm_"):
+            if fn == "get_total_norm":
+                def call(utils):
+                    return getattr(utils, fn)([torch.ones(2), bad])
+            elif bad is None:
+                continue  # (a param without a grad is skipped)
+            else:
+                def call(utils):
+                    q = torch.zeros(3, dtype=bad.dtype, layout=bad.layout)  # a plain tensor takes any grad
+                    q.grad = bad.clone()
+                    args = (1.0, torch.tensor(2.0)) if fn == "clip_grads_with_norm_" else (1.0,)
+                    return getattr(utils, fn)([q], *args)
+            if fn == "clip_grads_with_norm_" and bad.layout != torch.strided:
+                call(torch.nn.utils)  # torch scales sparse grads; we refuse them
+                with pytest.raises(NotImplementedError, match=r"grads\[0\] has layout torch.sparse_coo"):
+                    call(fusedopt.nn.utils)
+                continue
+            with pytest.raises(Exception) as theirs:
+                call(torch.nn.utils)
+            with pytest.raises(theirs.type):
+                call(fusedopt.nn.utils)

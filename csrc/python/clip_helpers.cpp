@@ -1,6 +1,9 @@
 // Host-side helper of fusedopt.nn.utils' clipping functions, in C++ because it touches every tensor on
 // every call: at 2,000 gradients a Python loop of checks costs milliseconds, as much as the fused
 // norm pass itself on a 2-core CPU.
+#include <algorithm>
+#include <limits>
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -81,6 +84,14 @@ std::optional<std::vector<at::Tensor>> plain_grads(const py::list& params) {
   return grads;
 }
 
+// torch takes each tensor's norm first, and refuses the inf and negative-order norms of an empty tensor
+// (a max, or a sum of negative powers, has no identity): with such a norm and an empty tensor, the
+// helpers below return None and the Python path raises torch's error.
+bool refused_by_torch(const std::vector<at::Tensor>& tensors, double norm_type) {
+  if (!(norm_type < 0 || norm_type == std::numeric_limits<double>::infinity())) return false;
+  return std::any_of(tensors.begin(), tensors.end(), [](const at::Tensor& t) { return t.numel() == 0; });
+}
+
 // clip_grad_norm_(params, max_norm, norm_type) for the common case (see plain_grads): the total norm
 // of the grads and their scaling, by the fused ops through the dispatcher, with no per-param Python.
 // Returns the total norm, or None when the list is not of that case or no param has a grad.
@@ -89,7 +100,7 @@ py::object clip_grad_norm_plain(const py::list& params, double max_norm, double 
   const auto& norm_op = typed_op<kTotalNormName, TotalNorm>();
   const auto& clip_op = typed_op<kClipByTotalNormName, ClipByTotalNorm>();
   std::optional<std::vector<at::Tensor>> grads = plain_grads(params);
-  if (!grads || grads->empty()) return py::none();
+  if (!grads || grads->empty() || refused_by_torch(*grads, norm_type)) return py::none();
   at::Tensor total;
   {
     py::gil_scoped_release no_gil;
@@ -120,6 +131,7 @@ py::object collected_total_norm(const std::vector<const CollectedGroup*>& groups
     for (const CollectedGroup* g : groups) joined.insert(joined.end(), g->grads.begin(), g->grads.end());
   }
   const std::vector<at::Tensor>& grads = groups.size() > 1 ? joined : groups[0]->grads.tensors();
+  if (refused_by_torch(grads, norm_type)) return py::none();
   at::Tensor total;
   {
     py::gil_scoped_release no_gil;

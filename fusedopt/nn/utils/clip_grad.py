@@ -41,13 +41,25 @@ def _dtensor_type():
 
 
 def _check_tensor(t, what: str, index: int) -> None:
+    # Where torch.nn.utils raises too, the exception is of its type: a None entry, an integer or bool
+    # dtype (RuntimeError), a floating dtype without norm kernels such as float8, a sparse tensor
+    # (NotImplementedError; torch's clip_grads_with_norm_ scales sparse grads). The other refusals are
+    # fusedopt's own: torch takes complex tensors and devices other than CPU and CUDA.
+    if t is None:
+        raise RuntimeError(f"{what}[{index}] is None; expected a Tensor")
     if not isinstance(t, Tensor):
         raise TypeError(f"{what}[{index}] is a {type(t).__name__}; expected a Tensor")
     if t.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"{what}[{index}] has dtype {t.dtype}; fusedopt's clipping supports float32, "
-                        "float64, float16 and bfloat16 (use torch.nn.utils for other dtypes)")
+        message = (f"{what}[{index}] has dtype {t.dtype}; fusedopt's clipping supports float32, float64, "
+                   "float16 and bfloat16")
+        if not (t.dtype.is_floating_point or t.dtype.is_complex):  # integer and bool dtypes
+            raise RuntimeError(message + " (expected a floating point tensor)")
+        if t.dtype.is_floating_point:
+            raise NotImplementedError(message)
+        raise TypeError(message + " (use torch.nn.utils for other dtypes)")
     if t.layout != torch.strided:
-        raise TypeError(f"{what}[{index}] has layout {t.layout}; fusedopt's clipping needs dense tensors")
+        raise NotImplementedError(f"{what}[{index}] has layout {t.layout}; fusedopt's clipping needs dense "
+                                  "tensors")
     if t.device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"{what}[{index}] is on {t.device}; fusedopt's clipping runs on CPU and CUDA only")
 
@@ -147,7 +159,7 @@ def get_total_norm(
         tensors = [tensors]
     else:
         tensors = list(tensors)
-    return _total_norm(tensors, float(norm_type), error_if_nonfinite)
+    return _total_norm(tensors, float(norm_type), error_if_nonfinite, foreach=foreach)
 
 
 def _survey(tensors: list, what: str) -> tuple[int, bool, bool]:
@@ -177,14 +189,44 @@ def _traceable_survey(tensors: list, what: str) -> tuple[int, bool, bool]:
     return n_dtensors, all_dense, len(devices) == 1
 
 
+def _check_no_empty_tensor(tensors: list, norm_type: float, foreach: bool | None) -> None:
+    """torch takes the norm of each tensor first, and the inf and negative-order norms of an empty
+    tensor (a max, or a sum of negative powers) have no identity: an error with torch's message
+    (_foreach_norm's for inf, linalg.vector_norm's otherwise), although the norm of the elements there
+    are would exist."""
+    if not any(t.numel() == 0 for t in tensors):
+        return
+    if norm_type == _INF and foreach is not False:
+        raise RuntimeError("_foreach_norm cannot compute the infinity norm on an empty tensor because the "
+                           "operation does not have an identity")
+    raise RuntimeError(f"linalg.vector_norm cannot compute the {norm_type:g} norm on an empty tensor because "
+                       "the operation does not have an identity")  # (%g: as C++ prints a double)
+
+
+def _nan_order_norm(tensors: list, n_dtensors: int) -> Tensor:
+    """torch's total norm of order NaN. NaN is no order, but torch computes one: linalg.vector_norm of no
+    element is 0 and of a single element its absolute value whatever the order, and NaN otherwise; the
+    total is that norm of the stacked per-tensor norms (so NaN for two tensors or more)."""
+    if n_dtensors:
+        raise NotImplementedError("fusedopt.nn.utils: norm_type=nan is not supported for DTensors")
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    if len(tensors) == 1 and tensors[0].numel() <= 1:
+        return tensors[0].detach().abs().to(dtype).sum()  # 0 for no element, |x| for one
+    return torch.full((), float("nan"), dtype=dtype, device=tensors[0].device)
+
+
 def _total_norm(tensors: list, norm_type: float, error_if_nonfinite: bool,
-                survey: tuple[int, bool, bool] | None = None) -> Tensor:
+                survey: tuple[int, bool, bool] | None = None, foreach: bool | None = None) -> Tensor:
     if len(tensors) == 0:
         return torch.tensor(0.0)
     n_dtensors, all_dense, one_device = survey or _survey(tensors, "tensors")
     if n_dtensors not in (0, len(tensors)):
         raise ValueError("fusedopt.nn.utils: tensors mix DTensors and plain tensors; expected one kind")
-    if norm_type == 0:
+    if norm_type == _INF or norm_type < 0:
+        _check_no_empty_tensor(tensors, norm_type, foreach)
+    if norm_type != norm_type:
+        total = _nan_order_norm(tensors, n_dtensors)
+    elif norm_type == 0:
         # torch: vector_norm(stack(per-tensor nonzero counts), 0) = tensors with a nonzero element.
         if n_dtensors:
             raise NotImplementedError("fusedopt.nn.utils: norm_type=0 is not supported for DTensors")
@@ -224,10 +266,25 @@ def clip_grads_with_norm_(
     _clip_grads(grads, float(max_norm), total_norm)
 
 
+def _check_total_norm(total_norm) -> None:
+    """What torch's clip_grads_with_norm_ refuses in total_norm, in its order: it computes
+    clamp(max_norm / (total_norm + 1e-6), max=1) (a TypeError unless total_norm is a tensor; clamp
+    refuses complex values) and multiplies the grads by it with _foreach_mul_, which takes a 0-dim
+    tensor only (also a 1-element one is an error there)."""
+    if not isinstance(total_norm, Tensor):
+        raise TypeError(f"clip_grads_with_norm_: total_norm must be a Tensor, got {type(total_norm).__name__}")
+    if total_norm.is_complex():
+        raise NotImplementedError("clamp is not supported for complex types")
+    if total_norm.dim() != 0:
+        raise RuntimeError(f"scalar tensor expected to be 0 dim but it has {total_norm.dim()} dimensions and "
+                           f"{total_norm.numel()} elements.")
+
+
 def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
                 survey: tuple[int, bool, bool] | None = None) -> None:
     if len(grads) == 0:
         return
+    _check_total_norm(total_norm)
     n_dtensors, all_dense, one_device = survey or _survey(grads, "grads")
     dtensor = _dtensor_type() if n_dtensors or type(total_norm) is not Tensor else None
     if dtensor is not None:
@@ -274,17 +331,21 @@ def clip_grad_norm_(
         parameters = list(parameters)
         if is_generator and len(parameters) == 0:
             warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
-    norm_type, max_norm = float(norm_type), float(max_norm)
-    if not error_if_nonfinite and norm_type != 0.0 and not torch.compiler.is_compiling():
+    if (not error_if_nonfinite and isinstance(norm_type, (int, float)) and isinstance(max_norm, (int, float))
+            and norm_type != 0.0 and norm_type == norm_type and not torch.compiler.is_compiling()):
         # The common case (plain tensors with dense grads on one device) in C++, with no per-param
-        # Python; None when the list is anything else.
-        total_norm = _C.clip_grad_norm_plain(parameters, max_norm, norm_type)
+        # Python; None when the list is anything else, or holds an empty grad with an order whose norm
+        # of an empty tensor is an error in torch (inf, negative). Not for the orders the op refuses
+        # (0, NaN). The general path below takes the rest, and raises in torch's order: the params'
+        # grads, norm_type, the norm's own errors, then max_norm.
+        total_norm = _C.clip_grad_norm_plain(parameters, float(max_norm), float(norm_type))
         if total_norm is not None:
             return total_norm
     grads = [p.grad for p in parameters if p.grad is not None]
+    norm_type = float(norm_type)
     survey = _survey(grads, "tensors") if grads else None  # one pass serves both halves
-    total_norm = _total_norm(grads, norm_type, error_if_nonfinite, survey)
-    _clip_grads(grads, max_norm, total_norm, survey)
+    total_norm = _total_norm(grads, norm_type, error_if_nonfinite, survey, foreach)
+    _clip_grads(grads, float(max_norm), total_norm, survey)
     return total_norm
 
 

@@ -20,7 +20,9 @@ namespace {
 
 constexpr int kNormThreads = 512;
 constexpr int64_t kNormChunk = 65536;
-constexpr int kNormTableSize = 160;  // tensors per launch (table ~ 3 KiB of kernel parameters)
+// Tensors per launch: the table takes ~21 KiB of the 32 KiB of kernel parameters (CUDA >= 12.1, as the
+// multi-tensor launcher's), so 10,000 tensors take 10 launches.
+constexpr int kNormTableSize = 1024;
 
 struct NormTable {
   const void* ptr[kNormTableSize];
@@ -31,14 +33,18 @@ struct NormTable {
   int64_t partial_offset;  // where this launch's partials start in the workspace
 };
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t load_as(const void* base, int8_t dtype, int64_t i) {
-  switch (dtype) {
-    case 0: return acc_t(static_cast<const float*>(base)[i]);
-    case 1: return acc_t(static_cast<const double*>(base)[i]);
-    case 2: return acc_t(float(static_cast<const at::Half*>(base)[i]));
-    default: return acc_t(float(static_cast<const at::BFloat16*>(base)[i]));
+static_assert(sizeof(NormTable) + sizeof(double) + sizeof(void*) <= 32764, "kernel parameters exceed 32764 bytes");
+
+// This thread's elements of [begin, end) of one tensor (every kNormThreads-th), folded in order. Typed
+// per tensor, so the loop has no per-element dtype branch and its loads can be issued ahead.
+template <NormKind K, typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t fold_thread(const void* base, int64_t begin, int64_t end, acc_t pv) {
+  const scalar_t* x = static_cast<const scalar_t*>(base);
+  acc_t acc = norm_identity<acc_t>(K);
+  for (int64_t i = begin + threadIdx.x; i < end; i += kNormThreads) {
+    acc = norm_accumulate<K>(acc, acc_t(static_cast<at::opmath_type<scalar_t>>(x[i])), pv);
   }
+  return acc;
 }
 
 // Folds shared[0..kNormThreads) into shared[0] in a fixed tree order.
@@ -67,9 +73,13 @@ __global__ void __launch_bounds__(kNormThreads)
   const int64_t begin = int64_t(chunk - table.first_chunk[lo]) * kNormChunk;
   const int64_t end = min(table.numel[lo], begin + kNormChunk);
   const acc_t pv = acc_t(p);
-  acc_t acc = norm_identity<acc_t>(K);
-  for (int64_t i = begin + threadIdx.x; i < end; i += kNormThreads) {
-    acc = norm_accumulate<K>(acc, load_as<acc_t>(table.ptr[lo], table.dtype[lo], i), pv);
+  const void* base = table.ptr[lo];
+  acc_t acc;
+  switch (table.dtype[lo]) {
+    case 0: acc = fold_thread<K, acc_t, float>(base, begin, end, pv); break;
+    case 1: acc = fold_thread<K, acc_t, double>(base, begin, end, pv); break;
+    case 2: acc = fold_thread<K, acc_t, at::Half>(base, begin, end, pv); break;
+    default: acc = fold_thread<K, acc_t, at::BFloat16>(base, begin, end, pv); break;
   }
   const acc_t total = block_combine<K>(acc, shared);
   if (threadIdx.x == 0) partials[table.partial_offset + chunk] = total;

@@ -96,6 +96,9 @@ class BuildConfig:
             config.cuda_arch_list = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
             # pip's CUDA builds of torch ship the CUDA library headers (cusparse.h, ...) that torch's
             # headers include, in site-packages/nvidia/cu<major>/include; a bare nvcc install lacks them.
+            # That folder also holds the CUDA runtime headers of torch's CUDA minor version (13.2 for
+            # torch 2.15), which must not shadow nvcc's own (CCCL stops with "CUDA compiler and CUDA
+            # toolkit headers are incompatible"): it is searched after every -I folder (-isystem).
             major = torch.version.cuda.split(".")[0]
             for site in sys.path:
                 candidate = os.path.join(site, "nvidia", f"cu{major}", "include")
@@ -167,17 +170,17 @@ def _extension() -> cpp_extension.CppExtension:
     kwargs = dict(
         name="fusedopt._C",
         sources=sources,
-        include_dirs=[os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
-        + CONFIG.extra_include_dirs,
+        include_dirs=[os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx},
         extra_link_args=["-fopenmp"],
     )
     if not CONFIG.with_cuda:
         return cpp_extension.CppExtension(**kwargs)
     kwargs["sources"] += rel("csrc/**/*.cu")
-    kwargs["extra_compile_args"]["cxx"].append("-DFUSEDOPT_WITH_CUDA")
+    after_toolkit = [flag for d in CONFIG.extra_include_dirs for flag in ("-isystem", d)]
+    kwargs["extra_compile_args"]["cxx"] += ["-DFUSEDOPT_WITH_CUDA"] + after_toolkit
     kwargs["extra_compile_args"]["nvcc"] = (["-O0", "-G"] if CONFIG.debug else ["-O3"]) + [
-        "-lineinfo", "-DFUSEDOPT_WITH_CUDA", "--expt-relaxed-constexpr"] + defines
+        "-lineinfo", "-DFUSEDOPT_WITH_CUDA", "--expt-relaxed-constexpr"] + defines + after_toolkit
     return cpp_extension.CUDAExtension(**kwargs)
 
 

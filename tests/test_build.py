@@ -39,7 +39,9 @@ def test_build_info_agrees_with_the_compiled_extension():
     if info["with_cuda"]:
         assert torch.version.cuda is not None
         cuda = fusedopt._C.cuda_version()
-        assert f"{cuda // 1000}.{cuda % 1000 // 10}" == torch.version.cuda
+        # torch's own rule (cpp_extension): the CUDA major versions must match, a minor mismatch only
+        # warns (nvcc 13.0 against torch 2.15's CUDA 13.2 runtime).
+        assert cuda // 1000 == int(torch.version.cuda.split(".")[0]), (cuda, torch.version.cuda)
     else:
         assert fusedopt._C.cuda_version() is None
 

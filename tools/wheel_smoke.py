@@ -68,7 +68,10 @@ def check_optimizer(name, ours_cls, theirs_cls, steps, exact=False, **kwargs):
             q.grad = p.grad.clone()
         ours.step()
         theirs.step()
-    tol = dict() if exact else dict(rtol=1e-5, atol=1e-6)
+    # float32: the test suite's stated parity tolerance (tests/optim_parity.py). torch's CPU sqrt is not
+    # always correctly rounded, and centered RMSprop's sqrt(v - mean^2) amplifies an ulp there (5.7e-6 in
+    # a momentum buffer on the 2-core Xeon of 2026-12-04, above the 1e-5/1e-6 this used).
+    tol = dict() if exact else dict(rtol=1e-4, atol=1e-5)
     for i, (p, q) in enumerate(zip(params, ref)):
         check_close(p, q, f"{name} param {i}", **tol)
         a, b = ours.state[p], theirs.state[q]

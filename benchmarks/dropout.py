@@ -93,6 +93,30 @@ def dropout_cases(device: str, dtype: torch.dtype, _sets) -> list[Case]:
         cases.append(Case("dropout", f"forward+backward, {label}, saved for backward: torch {_mb(saved_t)}, "
                           f"fusedopt {_mb(saved_f)}", device, str(dt).replace("torch.", ""), n, 1, 4 * es * n,
                           variants(fwd_bwd)))
+
+    # Channels-last activations (a CNN trained in channels_last): element-wise and channel-wise dropout,
+    # forward+backward, whose outputs and grads stay channels-last.
+    shape = (4, 16, 56, 56) if OPTIONS.quick else (32, 64, 80, 80)
+    n = shape[0] * shape[1] * shape[2] * shape[3]
+    for name, torch_fn, ours in (("dropout", TF.dropout, FF.dropout), ("dropout2d", TF.dropout2d, FF.dropout2d)):
+        def cl_fwd_bwd(f, compile=False, name=name):
+            def setup():
+                x = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+                g = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
+                h = torch.compile(f) if compile else f
+
+                def step():
+                    h(x, P).backward(g)
+                    x.grad = None
+                return warmed(step) if compile else step
+            return setup
+
+        vs = [Variant("torch", cl_fwd_bwd(torch_fn), True)]
+        if OPTIONS.compile:
+            vs.append(Variant("torch compiled", cl_fwd_bwd(torch_fn, compile=True), is_torch=True, compiled=True))
+        vs.append(Variant("fusedopt", cl_fwd_bwd(ours)))
+        cases.append(Case("dropout", f"{name} forward+backward, channels_last {shape} float32 p={P}", device,
+                          "float32", n, 1, 4 * 4 * n, vs))
     return cases
 
 

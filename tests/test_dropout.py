@@ -605,3 +605,170 @@ def test_unbatched_inplace_errors_leave_the_input_as_it_was():
             with pytest.raises(RuntimeError, match="a leaf Variable that requires grad"):
                 torch_fn(x, p, training, True)
             assert our_fn(x, p, training, True) is x and x.shape == shape
+
+
+# ---- layouts: the output keeps the input's layout, as torch's does ---------------------------------
+def _layouts(shape):
+    """(name, tensor) of shape in many layouts: contiguous, every dim reversed, channels-last (channel
+    innermost), channel before batch (groups neither runs nor channel rows), gaps, storage offset 1."""
+    base = torch.rand(shape, dtype=torch.float64) + 0.5
+    dims = len(shape)
+    out = [("contiguous", base)]
+    if dims >= 2:
+        rev = list(range(dims - 1, -1, -1))
+        out.append(("reversed", base.permute(rev).contiguous().permute(rev)))
+        out.append(("batch inner", base.transpose(0, 1).contiguous().transpose(0, 1)))
+    if dims >= 3:
+        perm = [0, *range(2, dims), 1]
+        out.append(("channels last", base.permute(perm).contiguous().permute([perm.index(d) for d in range(dims)])))
+    wide = torch.rand(*shape[:-1], 2 * shape[-1], dtype=torch.float64) + 0.5
+    out.append(("gaps", wide[..., ::2]))
+    out.append(("offset 1", torch.cat([base.reshape(-1)[:1], base.reshape(-1)]).narrow(0, 1, base.numel()).view(shape)))
+    return out
+
+
+def _copies(t):
+    """aten::copy_ calls (layout conversions) seen by the profiler while running t()."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t()
+    return sum(e.count for e in prof.key_averages() if e.key in ("aten::copy_", "aten::clone", "aten::contiguous"))
+
+
+@pytest.mark.parametrize("fn,shape", [
+    (FF.dropout, (5, 7)), (FF.dropout, (3, 4, 5, 6)), (FF.dropout1d, (3, 6, 7)), (FF.dropout2d, (3, 6, 5, 4)),
+    (FF.dropout2d, (2, 9, 1, 5)), (FF.dropout3d, (2, 5, 3, 2, 4))])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_output_keeps_the_input_layout_as_torch(fn, shape, inplace):
+    torch_fn = getattr(torch.nn.functional, fn.__name__)
+    channel_wise = fn is not FF.dropout
+    for name, x in _layouts(shape):
+        x0 = x.clone()
+        target = x.clone() if not inplace else x
+        torch.manual_seed(3)
+        out = fn(target, 0.5, inplace=inplace)
+        expected_strides = torch_fn(x0.clone() if inplace else x, 0.5, inplace=inplace).stride()
+        if inplace:
+            assert out is target and out.stride() == x.stride(), name
+        else:
+            assert out.stride() == expected_strides, (name, out.stride(), expected_strides)
+        kept = out != 0
+        torch.testing.assert_close(out[kept], x0[kept] * 2, rtol=0, atol=0)
+        assert 0 < kept.sum() < kept.numel(), name
+        if channel_wise:  # whole channels: every (n, c) all kept or all dropped
+            per_channel = kept.reshape(shape[0] * shape[1], -1)
+            assert (per_channel.all(1) | ~per_channel.any(1)).all(), name
+
+
+@pytest.mark.parametrize("group_dims", [None, 2])
+def test_masks_in_every_layout(group_dims):
+    """Element-wise masks follow the output's memory order; channel-wise ones are the same as for the
+    contiguous input whatever the layout (same seed), and so are the values."""
+    shape = (3, 6, 5, 4)
+    group_size = 1 if group_dims is None else math.prod(shape[group_dims:])
+    for name, x in _layouts(shape):
+        out, mask = ops.dropout(x, 0.4, group_size, seed=11, keep_layout=True)
+        assert out.stride() == torch.empty_like(x).stride(), name
+        ref_out, ref_mask = ops.dropout(x.contiguous(), 0.4, group_size, seed=11)
+        if group_size > 1:
+            assert torch.equal(mask, ref_mask) and torch.equal(out, ref_out), name
+            continue
+        # Bit k belongs to the output's k-th element in memory.
+        flat = torch.as_strided(out, (out.numel(),), (1,), out.storage_offset())
+        flat_x = torch.as_strided(torch.empty_like(x).copy_(x), (x.numel(),), (1,))
+        keep = unpack(mask, x.numel())
+        assert torch.equal(keep, reference_keep(x.numel(), 0.4, 11)), name
+        torch.testing.assert_close(flat, torch.where(keep, flat_x / 0.6, flat_x * 0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fn,shape", [(FF.dropout, (4, 8, 6, 5)), (FF.dropout2d, (4, 8, 6, 5)),
+                                      (FF.dropout1d, (4, 8, 30))])
+def test_backward_in_every_layout(fn, shape):
+    """The gradient is grad_output times the forward's factors, for grads of any layout, and is laid
+    out like the forward's output."""
+    for name, x in _layouts(shape):
+        x = x.detach().requires_grad_(True)
+        torch.manual_seed(1)
+        out = fn(x, 0.3)
+        factors = out.detach() / x.detach()
+        for grad_name, grad in _layouts(shape):
+            (gx,) = torch.autograd.grad(out, x, grad, retain_graph=True)
+            torch.testing.assert_close(gx, grad * factors, rtol=0, atol=1e-15, msg=f"{name}, grad {grad_name}")
+            assert gx.stride() == out.stride(), (name, grad_name)
+        (gx,) = torch.autograd.grad(out.sum(), x)  # an expanded (stride 0) grad
+        torch.testing.assert_close(gx, factors, rtol=0, atol=1e-15)
+
+
+def test_no_layout_copies_for_channels_last_and_transposed_inputs():
+    """The kernels read channels-last, channel-innermost and transposed inputs where they are: neither
+    forward nor backward copies them into another layout."""
+    x4 = torch.randn(4, 16, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    x5 = torch.randn(2, 8, 3, 4, 5).contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
+    x3 = torch.randn(4, 30, 16).transpose(1, 2).requires_grad_(True)  # (N, C, L), channel innermost
+    xt = torch.randn(40, 30).t().requires_grad_(True)
+    for fn, x in [(FF.dropout2d, x4), (FF.dropout, x4), (FF.dropout3d, x5), (FF.dropout1d, x3), (FF.dropout, xt)]:
+        holder = {}
+        assert _copies(lambda: holder.setdefault("out", fn(x, 0.5))) == 0, fn.__name__
+        out = holder["out"]
+        assert out.stride() == x.stride()
+        grad = torch.randn_like(out)  # laid out like out
+        assert _copies(lambda: torch.autograd.grad(out, x, grad)) == 0, fn.__name__
+        target = x.detach().clone()
+        assert _copies(lambda: fn(target, 0.5, inplace=True)) == 0, fn.__name__
+
+
+def test_gradcheck_and_opcheck_with_kept_layouts():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    for group_size in (1, 20):
+        def f(t):
+            return ops.dropout(t, 0.3, group_size, seed=5, keep_layout=True)[0]
+        assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(True),))
+        assert torch.autograd.gradgradcheck(f, (x.clone().requires_grad_(True),))
+        torch.library.opcheck(ops.dropout.default, (x, 0.3, group_size), dict(seed=5, keep_layout=True))
+        torch.library.opcheck(ops.dropout_.default, (x.clone(), 0.3, group_size), dict(seed=5, keep_layout=True))
+        _, mask = ops.dropout(x, 0.3, group_size, seed=5, keep_layout=True)
+        for grad in (torch.randn_like(x), torch.randn(2, 3, 4, 5, dtype=torch.float64)):
+            torch.library.opcheck(ops.dropout_backward.default, (grad, mask, 0.3, group_size),
+                                  dict(output_strides=list(x.stride())))
+
+
+def test_backward_output_strides_are_checked():
+    g = torch.randn(2, 3, 4)
+    _, mask = ops.dropout(g, 0.5, seed=1, keep_layout=True)
+    with pytest.raises(ValueError, match="output_strides has 2 entries but grad_output has 3 dimensions"):
+        ops.dropout_backward(g, mask, 0.5, output_strides=[12, 4])
+    with pytest.raises(ValueError, match="not those of a dense tensor of shape"):
+        ops.dropout_backward(g, mask, 0.5, output_strides=[12, 4, 2])
+    with pytest.raises(ValueError, match="must be non-negative"):
+        ops.dropout_backward(g, mask, 0.5, output_strides=[12, -4, 1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_and_cuda_agree_in_every_layout(dtype):
+    """keep_layout on CUDA: same strides, masks and values as on CPU, forward, in place and backward
+    (the channel-innermost apply kernel included)."""
+    for shape in [(3, 6, 5, 4), (2, 33, 7, 3), (4, 5, 9)]:
+        for group_size in (1, math.prod(shape[2:])):
+            for name, x in _layouts(shape):
+                x = x.to(dtype)
+                if name == "gaps":
+                    xg = torch.empty(*shape[:-1], 2 * shape[-1], dtype=dtype, device="cuda")[..., ::2].copy_(x)
+                elif name == "offset 1":  # the element-wise (unpacked) path of the kernels
+                    flat = x.reshape(-1).cuda()
+                    xg = torch.cat([flat[:1], flat]).narrow(0, 1, x.numel()).view(shape)
+                else:
+                    xg = torch.empty_like(x, device="cuda").copy_(x)  # x's strides
+                out_c, mask_c = ops.dropout(x, 0.3, group_size, seed=77, keep_layout=True)
+                out_g, mask_g = ops.dropout(xg, 0.3, group_size, seed=77, keep_layout=True)
+                assert out_g.stride() == out_c.stride(), name
+                assert torch.equal(mask_g.cpu(), mask_c), name
+                torch.testing.assert_close(out_g.cpu(), out_c, rtol=0, atol=0)
+                inplace_g = xg.clone()
+                assert torch.equal(ops.dropout_(inplace_g, 0.3, group_size, seed=77, keep_layout=True).cpu(), mask_c)
+                torch.testing.assert_close(inplace_g.cpu(), out_c, rtol=0, atol=0)
+                grad = torch.randn(shape, dtype=torch.float64).to(dtype)
+                strides = list(out_c.stride())
+                torch.testing.assert_close(
+                    ops.dropout_backward(grad.cuda(), mask_g, 0.3, group_size, output_strides=strides).cpu(),
+                    ops.dropout_backward(grad, mask_c, 0.3, group_size, output_strides=strides), rtol=0, atol=0)

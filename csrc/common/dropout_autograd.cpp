@@ -13,6 +13,7 @@
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
+#include "common/dropout_checks.h"
 #include "common/op_signatures.h"
 
 namespace fusedopt {
@@ -32,32 +33,39 @@ bool records(const at::Tensor& t) {
   return at::GradMode::is_enabled() && t.requires_grad();
 }
 
-void save_mask(AutogradContext* ctx, const at::Tensor& mask, double p, int64_t group_size) {
+// output_strides: the layout the mask's bits follow (keep_layout), passed on to dropout_backward.
+void save_mask(AutogradContext* ctx, const at::Tensor& mask, double p, int64_t group_size,
+               at::OptionalIntArrayRef output_strides) {
   ctx->save_for_backward({mask});
   ctx->saved_data["p"] = p;
   ctx->saved_data["group_size"] = group_size;
+  ctx->saved_data["output_strides"] =
+      output_strides.has_value() ? c10::IValue(output_strides->vec()) : c10::IValue();
 }
 
 // grad_output's gradient through the saved mask; dispatched with autograd, so it is differentiable again.
 at::Tensor grad_through_mask(AutogradContext* ctx, const at::Tensor& grad_output) {
   if (!grad_output.defined()) return {};
   const at::Tensor mask = ctx->get_saved_variables()[0];
+  const c10::IValue& saved_strides = ctx->saved_data["output_strides"];
+  const std::vector<int64_t> strides = saved_strides.isNone() ? std::vector<int64_t>() : saved_strides.toIntVector();
   return dropout_backward_op().call(grad_output, mask, ctx->saved_data["p"].toDouble(),
-                                    ctx->saved_data["group_size"].toInt());
+                                    ctx->saved_data["group_size"].toInt(),
+                                    saved_strides.isNone() ? at::OptionalIntArrayRef() : at::OptionalIntArrayRef(strides));
 }
 
 struct Dropout : torch::autograd::Function<Dropout> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, double p, int64_t group_size,
-                               OptInt seed, OptInt offset) {
+                               OptInt seed, OptInt offset, bool keep_layout) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, mask] = dropout_op().call(input, p, group_size, seed, offset);
-    save_mask(ctx, mask, p, group_size);
+    auto [output, mask] = dropout_op().call(input, p, group_size, seed, offset, keep_layout);
+    save_mask(ctx, mask, p, group_size, keep_layout ? at::OptionalIntArrayRef(output.strides()) : std::nullopt);
     ctx->mark_non_differentiable({mask});
     ctx->set_materialize_grads(false);  // no zero tensor made for the mask's grad, which is never read
     return {output, mask};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {grad_through_mask(ctx, grads[0]), {}, {}, {}, {}};
+    return {grad_through_mask(ctx, grads[0]), {}, {}, {}, {}, {}};
   }
 };
 
@@ -65,73 +73,75 @@ struct Dropout : torch::autograd::Function<Dropout> {
 // through `mask_out`.
 struct DropoutInplace : torch::autograd::Function<DropoutInplace> {
   static variable_list forward(AutogradContext* ctx, at::Tensor input, double p, int64_t group_size, OptInt seed,
-                               OptInt offset, at::Tensor* mask_out) {
+                               OptInt offset, bool keep_layout, at::Tensor* mask_out) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    *mask_out = dropout_inplace_op().call(input, p, group_size, seed, offset);
-    save_mask(ctx, *mask_out, p, group_size);
+    *mask_out = dropout_inplace_op().call(input, p, group_size, seed, offset, keep_layout);
+    // The mask follows the memory order input was computed in (dropout_layout_strides).
+    const std::vector<int64_t> strides = keep_layout ? dropout_layout_strides(input) : std::vector<int64_t>();
+    save_mask(ctx, *mask_out, p, group_size, keep_layout ? at::OptionalIntArrayRef(strides) : std::nullopt);
     ctx->mark_dirty({input});
     return {input};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {grad_through_mask(ctx, grads[0]), {}, {}, {}, {}, {}};
+    return {grad_through_mask(ctx, grads[0]), {}, {}, {}, {}, {}, {}};
   }
 };
 
 struct DropoutBackward : torch::autograd::Function<DropoutBackward> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& mask,
-                               double p, int64_t group_size) {
+                               double p, int64_t group_size, at::OptionalIntArrayRef output_strides) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    save_mask(ctx, mask, p, group_size);
-    return {dropout_backward_op().call(grad_output, mask, p, group_size)};
+    save_mask(ctx, mask, p, group_size, output_strides);
+    return {dropout_backward_op().call(grad_output, mask, p, group_size, output_strides)};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {grad_through_mask(ctx, grads[0]), {}, {}, {}};
+    return {grad_through_mask(ctx, grads[0]), {}, {}, {}, {}};
   }
 };
 
 // The Autograd-key kernels. Nothing to record: straight to the kernels (the in-place op through
 // ADInplaceOrView, which counts the write in input's version, as torch's in-place ops do).
 std::tuple<at::Tensor, at::Tensor> dropout_autograd(const at::Tensor& input, double p, int64_t group_size,
-                                                    OptInt seed, OptInt offset) {
+                                                    OptInt seed, OptInt offset, bool keep_layout) {
   if (!records(input)) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return dropout_op().call(input, p, group_size, seed, offset);
+    return dropout_op().call(input, p, group_size, seed, offset, keep_layout);
   }
-  variable_list out = Dropout::apply(input, p, group_size, seed, offset);
+  variable_list out = Dropout::apply(input, p, group_size, seed, offset, keep_layout);
   return {std::move(out[0]), std::move(out[1])};
 }
 
 at::Tensor dropout_inplace_autograd(at::Tensor& input, double p, int64_t group_size, OptInt seed,
-                                    OptInt offset) {
+                                    OptInt offset, bool keep_layout) {
   if (!records(input)) {
     const at::AutoDispatchBelowAutograd below_autograd;
-    return dropout_inplace_op().call(input, p, group_size, seed, offset);
+    return dropout_inplace_op().call(input, p, group_size, seed, offset, keep_layout);
   }
   // torch's in-place checks (a leaf that requires grad, a view of one, a view made in no-grad mode or by
   // a multi-output function) before the kernel writes: the Function's own come after forward().
   torch::autograd::check_inplace(input, /*requires_grad=*/true);
   at::Tensor mask;
-  DropoutInplace::apply(input, p, group_size, seed, offset, &mask);
+  DropoutInplace::apply(input, p, group_size, seed, offset, keep_layout, &mask);
   return mask;
 }
 
 at::Tensor dropout_backward_autograd(const at::Tensor& grad_output, const at::Tensor& mask, double p,
-                                     int64_t group_size) {
+                                     int64_t group_size, at::OptionalIntArrayRef output_strides) {
   if (!records(grad_output)) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return dropout_backward_op().call(grad_output, mask, p, group_size);
+    return dropout_backward_op().call(grad_output, mask, p, group_size, output_strides);
   }
-  return DropoutBackward::apply(grad_output, mask, p, group_size)[0];
+  return DropoutBackward::apply(grad_output, mask, p, group_size, output_strides)[0];
 }
 
 // The version count of an in-place dropout's input, as torch's generated ADInplaceOrView kernels keep it.
 at::Tensor dropout_inplace_count_version(c10::DispatchKeySet keys, at::Tensor& input, double p,
-                                         int64_t group_size, OptInt seed, OptInt offset) {
+                                         int64_t group_size, OptInt seed, OptInt offset, bool keep_layout) {
   at::Tensor mask;
   {
     const at::AutoDispatchBelowADInplaceOrView below;
     mask = dropout_inplace_op().redispatch(keys & c10::after_ADInplaceOrView_keyset, input, p, group_size,
-                                           seed, offset);
+                                           seed, offset, keep_layout);
   }
   torch::autograd::impl::bump_version(input);
   return mask;

@@ -7,6 +7,7 @@
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/empty_strided.h>
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
 
@@ -158,6 +159,15 @@ at::Tensor empty_large_output(const at::Tensor& like, at::MemoryFormat format) {
                                    c10::DispatchKeySet(c10::DispatchKey::CPU), like.scalar_type(), format);
 }
 
+at::Tensor empty_large_output_strided(const at::Tensor& like, at::IntArrayRef strides) {
+  const size_t bytes = static_cast<size_t>(like.numel()) * like.element_size();
+  if (!like.device().is_cpu() || bytes < kLargeOutputBytes || !LargeOutputCache::instance().enabled()) {
+    return at::empty_strided(like.sizes(), strides, like.options());
+  }
+  return at::detail::empty_strided_generic(like.sizes(), strides, &LargeOutputCache::instance(),
+                                           c10::DispatchKeySet(c10::DispatchKey::CPU), like.scalar_type());
+}
+
 OutputCacheStats output_cache_stats() { return LargeOutputCache::instance().stats(); }
 int64_t release_output_cache() { return LargeOutputCache::instance().release(); }
 void set_output_cache_limit(int64_t bytes) {
@@ -169,6 +179,9 @@ void set_output_cache_limit(int64_t bytes) {
 
 at::Tensor empty_large_output(const at::Tensor& like, at::MemoryFormat format) {
   return at::empty_like(like, format);
+}
+at::Tensor empty_large_output_strided(const at::Tensor& like, at::IntArrayRef strides) {
+  return at::empty_strided(like.sizes(), strides, like.options());
 }
 OutputCacheStats output_cache_stats() { return {0, 0, 0, 0}; }
 int64_t release_output_cache() { return 0; }

@@ -20,6 +20,8 @@ namespace fusedopt {
 // allocates and frees the same sizes every step. Below 32 MiB glibc reuses its heap and there is
 // nothing to gain.
 at::Tensor empty_large_output(const at::Tensor& like, at::MemoryFormat format);
+// The same with the given strides, which must describe a dense, non-overlapping layout of like's shape.
+at::Tensor empty_large_output_strided(const at::Tensor& like, at::IntArrayRef strides);
 
 constexpr size_t kLargeOutputBytes = size_t{32} << 20;
 

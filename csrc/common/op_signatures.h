@@ -27,9 +27,10 @@ using Adagrad = void(TensorList, TensorList, TensorList, TensorList, double, dou
 using ClipByTotalNorm = void(TensorList, const at::Tensor&, double);
 using TotalNorm = at::Tensor(TensorList, double);
 using Dropout = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, int64_t, std::optional<int64_t>,
-                                                   std::optional<int64_t>);
-using DropoutInplace = at::Tensor(at::Tensor&, double, int64_t, std::optional<int64_t>, std::optional<int64_t>);
-using DropoutBackward = at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t);
+                                                   std::optional<int64_t>, bool);
+using DropoutInplace = at::Tensor(at::Tensor&, double, int64_t, std::optional<int64_t>, std::optional<int64_t>,
+                                  bool);
+using DropoutBackward = at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t, at::OptionalIntArrayRef);
 using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using BatchNormTrain = Tensor3(const at::Tensor&, OptTensor, OptTensor, double);
 using BatchNormTrainBackward = Tensor3(const at::Tensor&, const at::Tensor&, OptTensor, const at::Tensor&,

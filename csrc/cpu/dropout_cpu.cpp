@@ -41,38 +41,39 @@ DropoutRng resolve_rng(const std::optional<int64_t>& seed, const std::optional<i
 }
 
 // The device part of run_dropout / run_dropout_ (0 < p < 1; common/dropout_checks.h).
-void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p, int64_t group_size,
+void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p, DropoutGroups groups,
                   const std::optional<int64_t>& seed, const std::optional<int64_t>& offset) {
   const int64_t n = x.numel();
   const DropoutRng rng = resolve_rng(seed, offset, p);
   uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
-  if (group_size == 1) {
+  if (groups.size == 1) {
     FUSEDOPT_CPU_KERNEL(dropout_forward_kernel)(n, x, output, mask_ptr, rng, p);
   } else {
-    FUSEDOPT_CPU_KERNEL(dropout_forward_kernel)(n / group_size, at::Tensor(), at::Tensor(), mask_ptr, rng, p);
-    FUSEDOPT_CPU_KERNEL(dropout_apply_kernel)(x, output, mask_ptr, group_size, p);
+    FUSEDOPT_CPU_KERNEL(dropout_forward_kernel)(n / groups.size, at::Tensor(), at::Tensor(), mask_ptr, rng, p);
+    FUSEDOPT_CPU_KERNEL(dropout_apply_kernel)(x, output, mask_ptr, groups, p);
   }
 }
 
 // The device part of run_dropout_backward.
-void dropout_apply(const at::Tensor& input, const at::Tensor& output, const at::Tensor& mask, int64_t group_size,
+void dropout_apply(const at::Tensor& input, const at::Tensor& output, const at::Tensor& mask, DropoutGroups groups,
                    double p) {
-  FUSEDOPT_CPU_KERNEL(dropout_apply_kernel)(input, output, mask.const_data_ptr<uint8_t>(), group_size, p);
+  FUSEDOPT_CPU_KERNEL(dropout_apply_kernel)(input, output, mask.const_data_ptr<uint8_t>(), groups, p);
 }
 
 std::tuple<at::Tensor, at::Tensor> dropout_cpu(const at::Tensor& input, double p, int64_t group_size,
-                                               std::optional<int64_t> seed, std::optional<int64_t> offset) {
-  return run_dropout(input, p, group_size, seed, offset, &dropout_draw);
+                                               std::optional<int64_t> seed, std::optional<int64_t> offset,
+                                               bool keep_layout) {
+  return run_dropout(input, p, group_size, seed, offset, keep_layout, &dropout_draw);
 }
 
 at::Tensor dropout_inplace_cpu(at::Tensor& input, double p, int64_t group_size, std::optional<int64_t> seed,
-                               std::optional<int64_t> offset) {
-  return run_dropout_(input, p, group_size, seed, offset, &dropout_draw);
+                               std::optional<int64_t> offset, bool keep_layout) {
+  return run_dropout_(input, p, group_size, seed, offset, keep_layout, &dropout_draw);
 }
 
 at::Tensor dropout_backward_cpu(const at::Tensor& grad_output, const at::Tensor& mask, double p,
-                                int64_t group_size) {
-  return run_dropout_backward(grad_output, mask, p, group_size, &dropout_apply);
+                                int64_t group_size, at::OptionalIntArrayRef output_strides) {
+  return run_dropout_backward(grad_output, mask, p, group_size, output_strides, &dropout_apply);
 }
 
 at::Tensor philox_cpu(const at::Tensor& counters, const at::Tensor& keys, bool torch_engine) {

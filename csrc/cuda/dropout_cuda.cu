@@ -76,17 +76,39 @@ __global__ void dropout_forward_kernel(const scalar_t* in, scalar_t* out, uint8_
   }
 }
 
-// One thread per run of kRun elements: out = in * the factor of each element's group bit. A run's
-// first group is found by one division; the rest follow by counting.
+// One thread per run of kRun elements (in memory order): out = in * the factor of each element's
+// group bit (DropoutGroups). A run's first group is found by a few divisions; the rest follow by counting.
 template <typename scalar_t, bool kPacked>
 __global__ void dropout_apply_kernel(const scalar_t* in, scalar_t* out, const uint8_t* mask, int64_t n,
-                                     int64_t group_size, at::opmath_type<scalar_t> scale) {
+                                     DropoutGroups groups, at::opmath_type<scalar_t> scale) {
+  const int64_t group_size = groups.size;
   const int64_t runs = (n + kRun - 1) / kRun;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < runs; k += int64_t(gridDim.x) * blockDim.x) {
     const int64_t first = kRun * k;
     unsigned bits;
     if (group_size == 1) {
       bits = mask[k];
+    } else if (groups.channels > 0) {
+      // Channel innermost: element first is channel c of row `row`; the row's batch entry is row /
+      // group_size, and its group entry * channels + c.
+      const int64_t channels = groups.channels;
+      const int64_t row = first / channels;
+      int64_t c = first - row * channels;
+      int64_t entry = row / group_size;
+      int64_t s = row - entry * group_size;
+      bits = 0;
+      const int len = n - first < kRun ? static_cast<int>(n - first) : kRun;
+      for (int j = 0; j < len; ++j) {
+        const int64_t g = entry * channels + c;
+        bits |= static_cast<unsigned>(mask[g >> 3] >> (g & 7) & 1) << j;
+        if (++c == channels) {
+          c = 0;
+          if (++s == group_size) {
+            s = 0;
+            ++entry;
+          }
+        }
+      }
     } else {
       bits = 0;
       int64_t g = first / group_size;
@@ -126,7 +148,7 @@ at::PhiloxCudaState resolve_state(const at::Tensor& input, const std::optional<i
 }
 
 // The device part of run_dropout / run_dropout_ (0 < p < 1; common/dropout_checks.h).
-void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p, int64_t group_size,
+void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p, DropoutGroups groups,
                   const std::optional<int64_t>& seed, const std::optional<int64_t>& offset) {
   const int64_t n = x.numel();
   if (n == 0) return;
@@ -134,13 +156,13 @@ void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mas
   const uint32_t threshold = dropout_keep_threshold(p);
   auto stream = at::cuda::getCurrentCUDAStream();
   uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
-  const int64_t bits = n / group_size;
+  const int64_t bits = n / groups.size;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fusedopt.dropout", [&] {
     const auto scale = dropout_scale<at::opmath_type<scalar_t>>(p);
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     const bool packed = runs_packed<scalar_t>(in, out);
-    if (group_size == 1) {
+    if (groups.size == 1) {
       auto kernel = packed ? dropout_forward_kernel<scalar_t, true> : dropout_forward_kernel<scalar_t, false>;
       kernel<<<blocks_for((n + kRun - 1) / kRun), kThreads, 0, stream>>>(in, out, mask_ptr, n, state, threshold,
                                                                          scale);
@@ -149,14 +171,14 @@ void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mas
           nullptr, nullptr, mask_ptr, bits, state, threshold, scale);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       auto kernel = packed ? dropout_apply_kernel<scalar_t, true> : dropout_apply_kernel<scalar_t, false>;
-      kernel<<<blocks_for((n + kRun - 1) / kRun), kThreads, 0, stream>>>(in, out, mask_ptr, n, group_size, scale);
+      kernel<<<blocks_for((n + kRun - 1) / kRun), kThreads, 0, stream>>>(in, out, mask_ptr, n, groups, scale);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 // The device part of run_dropout_backward.
-void dropout_apply(const at::Tensor& input, const at::Tensor& output, const at::Tensor& mask, int64_t group_size,
+void dropout_apply(const at::Tensor& input, const at::Tensor& output, const at::Tensor& mask, DropoutGroups groups,
                    double p) {
   const int64_t n = input.numel();
   if (n == 0) return;
@@ -169,24 +191,25 @@ void dropout_apply(const at::Tensor& input, const at::Tensor& output, const at::
     auto kernel = runs_packed<scalar_t>(in, out) ? dropout_apply_kernel<scalar_t, true>
                                                  : dropout_apply_kernel<scalar_t, false>;
     kernel<<<blocks_for((n + kRun - 1) / kRun), kThreads, 0, stream>>>(in, out, mask.const_data_ptr<uint8_t>(), n,
-                                                                       group_size, scale);
+                                                                       groups, scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 std::tuple<at::Tensor, at::Tensor> dropout_cuda(const at::Tensor& input, double p, int64_t group_size,
-                                                std::optional<int64_t> seed, std::optional<int64_t> offset) {
-  return run_dropout(input, p, group_size, seed, offset, &dropout_draw);
+                                                std::optional<int64_t> seed, std::optional<int64_t> offset,
+                                                bool keep_layout) {
+  return run_dropout(input, p, group_size, seed, offset, keep_layout, &dropout_draw);
 }
 
 at::Tensor dropout_inplace_cuda(at::Tensor& input, double p, int64_t group_size, std::optional<int64_t> seed,
-                                std::optional<int64_t> offset) {
-  return run_dropout_(input, p, group_size, seed, offset, &dropout_draw);
+                                std::optional<int64_t> offset, bool keep_layout) {
+  return run_dropout_(input, p, group_size, seed, offset, keep_layout, &dropout_draw);
 }
 
 at::Tensor dropout_backward_cuda(const at::Tensor& grad_output, const at::Tensor& mask, double p,
-                                 int64_t group_size) {
-  return run_dropout_backward(grad_output, mask, p, group_size, &dropout_apply);
+                                 int64_t group_size, at::OptionalIntArrayRef output_strides) {
+  return run_dropout_backward(grad_output, mask, p, group_size, output_strides, &dropout_apply);
 }
 
 at::Tensor philox_cuda(const at::Tensor& counters, const at::Tensor& keys, bool torch_engine) {

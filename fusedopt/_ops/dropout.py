@@ -14,19 +14,24 @@ def mask_bytes(numel: int, group_size: int = 1) -> int:
 
 
 @torch.library.register_fake("fusedopt::dropout")
-def _dropout_fake(input, p, group_size=1, *, seed=None, offset=None):
-    output = input.new_empty(input.shape)  # contiguous
+def _dropout_fake(input, p, group_size=1, *, seed=None, offset=None, keep_layout=False):
+    if keep_layout:  # input's strides, or those torch's empty_like infers (csrc/common/dropout_checks.h)
+        output = torch.empty_like(input, memory_format=torch.preserve_format)
+    else:
+        output = input.new_empty(input.shape)  # contiguous
     mask = input.new_empty((mask_bytes(input.numel(), group_size),), dtype=torch.uint8)
     return output, mask
 
 
 @torch.library.register_fake("fusedopt::dropout_")
-def _dropout_inplace_fake(input, p, group_size=1, *, seed=None, offset=None):
+def _dropout_inplace_fake(input, p, group_size=1, *, seed=None, offset=None, keep_layout=False):
     return input.new_empty((mask_bytes(input.numel(), group_size),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("fusedopt::dropout_backward")
-def _dropout_backward_fake(grad_output, mask, p, group_size=1):
+def _dropout_backward_fake(grad_output, mask, p, group_size=1, *, output_strides=None):
+    if output_strides is not None:
+        return grad_output.new_empty_strided(grad_output.shape, output_strides)
     return grad_output.new_empty(grad_output.shape)
 
 
@@ -47,17 +52,18 @@ if torch.torch_version.TorchVersion(torch.__version__) < (2, 14):
 
 
 def dropout(input: Tensor, p: float, group_size: int = 1, *, seed: int | None = None,
-            offset: int | None = None) -> tuple[Tensor, Tensor]:
+            offset: int | None = None, keep_layout: bool = False) -> tuple[Tensor, Tensor]:
     """(output, packed mask); differentiable in input. See csrc/schemas/dropout.cpp."""
-    return torch.ops.fusedopt.dropout(input, p, group_size, seed=seed, offset=offset)
+    return torch.ops.fusedopt.dropout(input, p, group_size, seed=seed, offset=offset, keep_layout=keep_layout)
 
 
 def dropout_(input: Tensor, p: float, group_size: int = 1, *, seed: int | None = None,
-             offset: int | None = None) -> Tensor:
+             offset: int | None = None, keep_layout: bool = False) -> Tensor:
     """In-place dropout of input, differentiable; returns input."""
-    torch.ops.fusedopt.dropout_(input, p, group_size, seed=seed, offset=offset)
+    torch.ops.fusedopt.dropout_(input, p, group_size, seed=seed, offset=offset, keep_layout=keep_layout)
     return input
 
 
-def dropout_backward(grad_output: Tensor, mask: Tensor, p: float, group_size: int = 1) -> Tensor:
-    return torch.ops.fusedopt.dropout_backward(grad_output, mask, p, group_size)
+def dropout_backward(grad_output: Tensor, mask: Tensor, p: float, group_size: int = 1, *,
+                     output_strides: tuple[int, ...] | None = None) -> Tensor:
+    return torch.ops.fusedopt.dropout_backward(grad_output, mask, p, group_size, output_strides=output_strides)

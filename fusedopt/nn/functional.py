@@ -73,9 +73,10 @@ def _batch_norm_checked(input: Tensor, running_mean: Optional[Tensor], running_v
 # ---- dropout --------------------------------------------------------------------------------------
 # Masks come from counter-based Philox (csrc/include/fusedopt/dropout.h): seed and offset from the
 # default generator of the input's device, so torch.manual_seed reproduces a run. Only a packed bit mask
-# (numel / 8 bytes; channel-wise: N * C / 8) is kept for backward. The output is contiguous whatever
-# input's strides (in-place variants write through input's own strides); mask bit i belongs to the
-# i-th element in row-major order.
+# (numel / 8 bytes; channel-wise: N * C / 8) is kept for backward. The output is laid out like the
+# input, as torch's is (keep_layout=True: a channels-last or transposed input is read where it is, and
+# its output stays channels-last or transposed for the next layer); element-wise mask bits follow the
+# output's memory order, channel-wise ones are one per (n, c) whatever the layout.
 
 def _check_p(p: float) -> None:
     if p < 0.0 or p > 1.0:
@@ -134,13 +135,13 @@ def _apply(input: Tensor, p: float, training: bool, inplace: bool, channel_wise:
     if inplace:
         if caller_input is not None:
             _check_unbatched_inplace(caller_input)
-        return _dropout_ops.dropout_(input, p, group_size)
-    return _dropout_ops.dropout(input, p, group_size)[0]
+        return _dropout_ops.dropout_(input, p, group_size, keep_layout=True)
+    return _dropout_ops.dropout(input, p, group_size, keep_layout=True)[0]
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
-    """As :func:`torch.nn.functional.dropout`, with fusedopt's own masks; the output (when not in place)
-    is contiguous whatever input's layout."""
+    """As :func:`torch.nn.functional.dropout`, with fusedopt's own masks; the output is laid out like
+    input, as torch's is."""
     if has_torch_function_unary(input):
         return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
     _check_p(p)

@@ -7,6 +7,7 @@
 // each element's index, so any split gives the same result.
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
@@ -147,7 +148,8 @@ inline uint64_t load_mask_word(const uint8_t* mask, int64_t c, int64_t len) {
   return bits;
 }
 
-// out[i] = in[i] * factor[i] for i < n (n <= kChunk), in math-type registers.
+// out[i] = in[i] * factor[i] for i < n, in math-type registers; factor is read in whole vectors, so it
+// must be readable up to n rounded up to VecIO's step.
 template <typename scalar_t, typename opmath_t>
 inline void multiply_by_factors(const scalar_t* in, scalar_t* out, const opmath_t* factor, int64_t n) {
   using IO = VecIO<scalar_t>;
@@ -232,7 +234,8 @@ void dropout_forward_kernel(int64_t n, const at::Tensor& input, const at::Tensor
 }
 
 void dropout_apply_kernel(const at::Tensor& input, const at::Tensor& output, const uint8_t* mask,
-                          int64_t group_size, double p) {
+                          DropoutGroups groups, double p) {
+  const int64_t group_size = groups.size;
   const int64_t n = input.numel();
   if (n == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fusedopt.dropout_apply", [&] {
@@ -249,6 +252,28 @@ void dropout_apply_kernel(const at::Tensor& input, const at::Tensor& output, con
           const int64_t len = std::min(kChunk, n - c * kChunk);
           table.expand(load_mask_word(mask, c, len), factor);
           multiply_by_factors(in + c * kChunk, out + c * kChunk, factor, len);
+        }
+      });
+      return;
+    }
+    if (groups.channels > 0) {
+      // Channel innermost: memory is rows of `channels` elements, one per channel; the rows of one
+      // batch entry (group_size of them) share one row of multipliers, made when the entry changes.
+      const int64_t channels = groups.channels;
+      const int64_t rows = n / channels;
+      at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / channels), [&](int64_t first, int64_t last) {
+        // Padded: multiply_by_factors loads whole vectors of factors past a short row's end.
+        std::vector<opmath_t> factor(channels + kChunk, opmath_t(0));
+        int64_t entry = -1;
+        for (int64_t r = first; r < last; ++r) {
+          if (r / group_size != entry) {
+            entry = r / group_size;
+            for (int64_t c = 0; c < channels; ++c) {
+              const int64_t g = entry * channels + c;
+              factor[c] = dropout_factor<opmath_t>(mask[g >> 3] >> (g & 7) & 1, scale);
+            }
+          }
+          multiply_by_factors(in + r * channels, out + r * channels, factor.data(), channels);
         }
       });
       return;

@@ -11,7 +11,8 @@
 // (handled by the entry points without drawing). Every random bit of a Philox call is used: 4 x 32
 // bits for 4 elements.
 //
-// The mask is packed: bit j of byte b is element 8 * b + j; bits past the last element are zero.
+// The mask is packed: bit j of byte b is element 8 * b + j; bits past the last element are zero. Which
+// bit an element of a tensor has is DropoutGroups' business (below): element order is memory order.
 #pragma once
 
 #include <cmath>
@@ -58,6 +59,23 @@ FUSEDOPT_INLINE uint8_t dropout_mask_byte(const DropoutRng& rng, uint64_t b, uin
   if (first + 8 > n) byte &= (1u << (n - first)) - 1u;
   return static_cast<uint8_t>(byte);
 }
+
+// The mask bit (group) of each element of a dense tensor walked in memory order (element k is the k-th
+// in memory; for a contiguous tensor that is row-major order). size: elements per group (1: one bit per
+// element, in memory order). channels == 0: each group is one run of `size` elements, as in a
+// contiguous (N, C, *spatial) tensor: group k / size. channels > 0: channel-wise groups in memory where
+// the channel is the innermost dimension (channels-last, (N, *spatial, C)): element k is channel
+// k % channels of batch entry k / (size * channels), so its group (n * channels + c, as in the
+// contiguous layout) is the same whatever the layout.
+struct DropoutGroups {
+  int64_t size = 1;
+  int64_t channels = 0;
+
+  FUSEDOPT_INLINE int64_t of(int64_t k) const {
+    if (channels == 0) return k / size;
+    return k / (size * channels) * channels + k % channels;
+  }
+};
 
 // The multiplier of a kept / dropped element: torch multiplies by the mask and by 1 / (1 - p), so a
 // dropped inf or NaN becomes NaN there too.

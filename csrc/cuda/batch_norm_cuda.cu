@@ -219,8 +219,9 @@ __global__ void backward_coeffs_kernel(int64_t C, const opmath_t* mean, const op
 // The elementwise rules, per element of channel c.
 template <typename opmath_t>
 struct ForwardRule {
+  using Coeffs = BnForwardCoeffs<opmath_t>;
   static constexpr bool kReadsDy = false;
-  const BnForwardCoeffs<opmath_t>* coeffs;
+  const Coeffs* coeffs;
   __device__ opmath_t operator()(int64_t c, opmath_t x, opmath_t /*dy*/) const {
     const BnForwardCoeffs<opmath_t> k = coeffs[c];
     return bn_forward(x, k.mean, k.scale, k.shift);
@@ -229,8 +230,9 @@ struct ForwardRule {
 
 template <typename opmath_t>
 struct BackwardRule {
+  using Coeffs = BnBackwardCoeffs<opmath_t>;
   static constexpr bool kReadsDy = true;
-  const BnBackwardCoeffs<opmath_t>* coeffs;
+  const Coeffs* coeffs;
   __device__ opmath_t operator()(int64_t c, opmath_t x, opmath_t dy) const {
     const BnBackwardCoeffs<opmath_t> k = coeffs[c];
     return bn_backward(dy, x, k.mean, k.mean_dy, k.xmu_coeff, k.scale);
@@ -301,12 +303,6 @@ dim3 elementwise_grid(int64_t work) {
   return dim3(static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, kThreads), 1, max_blocks)));
 }
 
-// A device buffer of C per-channel coefficient records.
-template <typename Coeffs>
-at::Tensor coeffs_buffer(const BnLayout& l) {
-  return at::empty({l.C * int64_t(sizeof(Coeffs))}, l.input.options().dtype(at::kByte));
-}
-
 // Launches elementwise_kernel over the layout's elements, choosing the walk and whether packs fit.
 template <typename scalar_t, typename Rule>
 void launch_elementwise(const BnLayout& l, const scalar_t* dy, scalar_t* out, Rule rule) {
@@ -327,6 +323,20 @@ void launch_elementwise(const BnLayout& l, const scalar_t* dy, scalar_t* out, Ru
     if (packed) launch(elementwise_kernel<scalar_t, false, true, Rule>);
     else launch(elementwise_kernel<scalar_t, false, false, Rule>);
   }
+}
+
+// coeffs_kernel(C, coeffs_args..., coeffs) fills a buffer of C Rule::Coeffs records, one thread per
+// channel; then the elementwise pass reads them through Rule{coeffs}, on the same stream.
+template <typename Rule, typename scalar_t, typename CoeffsKernel, typename... CoeffsArgs>
+void launch_elementwise_with_coeffs(const BnLayout& l, const scalar_t* dy, scalar_t* out, CoeffsKernel coeffs_kernel,
+                                    CoeffsArgs... coeffs_args) {
+  using Coeffs = typename Rule::Coeffs;
+  at::Tensor buffer = at::empty({l.C * int64_t(sizeof(Coeffs))}, l.input.options().dtype(at::kByte));
+  auto* coeffs = reinterpret_cast<Coeffs*>(buffer.data_ptr());
+  coeffs_kernel<<<static_cast<unsigned>(ceil_div(l.C, kThreads)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      l.C, coeffs_args..., coeffs);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise<scalar_t>(l, dy, out, Rule{coeffs});
 }
 
 template <typename T>
@@ -354,15 +364,10 @@ void elemt_launch(const BnLayout& l, at::Tensor& out, const at::Tensor& mean, co
   if (l.input.numel() == 0) return;
   FUSEDOPT_BN_DISPATCH(l.input.scalar_type(), "fusedopt.batch_norm_elemt", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    using Coeffs = BnForwardCoeffs<opmath_t>;
-    at::Tensor buffer = coeffs_buffer<Coeffs>(l);
-    auto* coeffs = reinterpret_cast<Coeffs*>(buffer.data_ptr());
-    forward_coeffs_kernel<opmath_t><<<static_cast<unsigned>(ceil_div(l.C, kThreads)), kThreads, 0,
-                                      at::cuda::getCurrentCUDAStream()>>>(
-        l.C, mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
-        opt_ptr<opmath_t>(bias), eps, coeffs);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_elementwise<scalar_t>(l, nullptr, out.data_ptr<scalar_t>(), ForwardRule<opmath_t>{coeffs});
+    launch_elementwise_with_coeffs<ForwardRule<opmath_t>, scalar_t>(
+        l, nullptr, out.data_ptr<scalar_t>(), forward_coeffs_kernel<opmath_t>,
+        mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
+        opt_ptr<opmath_t>(bias), eps);
   });
 }
 
@@ -382,16 +387,10 @@ void backward_elemt_launch(const BnLayout& l, const at::Tensor& dy, at::Tensor& 
   if (l.input.numel() == 0) return;
   FUSEDOPT_BN_DISPATCH(l.input.scalar_type(), "fusedopt.batch_norm_backward_elemt", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    using Coeffs = BnBackwardCoeffs<opmath_t>;
-    at::Tensor buffer = coeffs_buffer<Coeffs>(l);
-    auto* coeffs = reinterpret_cast<Coeffs*>(buffer.data_ptr());
-    backward_coeffs_kernel<opmath_t><<<static_cast<unsigned>(ceil_div(l.C, kThreads)), kThreads, 0,
-                                       at::cuda::getCurrentCUDAStream()>>>(
-        l.C, mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
-        sum_dy.const_data_ptr<opmath_t>(), sum_dy_xmu.const_data_ptr<opmath_t>(), count, eps, coeffs);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_elementwise<scalar_t>(l, dy.const_data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(),
-                                 BackwardRule<opmath_t>{coeffs});
+    launch_elementwise_with_coeffs<BackwardRule<opmath_t>, scalar_t>(
+        l, dy.const_data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), backward_coeffs_kernel<opmath_t>,
+        mean.const_data_ptr<opmath_t>(), var.const_data_ptr<opmath_t>(), opt_ptr<opmath_t>(weight),
+        sum_dy.const_data_ptr<opmath_t>(), sum_dy_xmu.const_data_ptr<opmath_t>(), count, eps);
   });
 }
 

@@ -772,3 +772,37 @@ def test_cpu_and_cuda_agree_in_every_layout(dtype):
                 torch.testing.assert_close(
                     ops.dropout_backward(grad.cuda(), mask_g, 0.3, group_size, output_strides=strides).cpu(),
                     ops.dropout_backward(grad, mask_c, 0.3, group_size, output_strides=strides), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.complex64])
+@pytest.mark.parametrize("fn", ["dropout", "dropout1d", "dropout2d", "dropout3d"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_p_one_on_other_dtypes_gives_zeros_as_torch(dtype, fn, inplace):
+    """torch drops everything as input * 0 at p = 1, before it looks at the dtype: zeros of the input's
+    dtype; for 0 < p < 1 such inputs are an error there and here."""
+    shape = {"dropout": (3, 4), "dropout1d": (2, 3, 4), "dropout2d": (2, 3, 4, 2), "dropout3d": (2, 3, 2, 2, 2)}[fn]
+    x = torch.ones(shape, dtype=dtype)
+    ours_in, torch_in = x.clone(), x.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = getattr(FF, fn)(ours_in, 1.0, inplace=inplace)
+        expected = getattr(torch.nn.functional, fn)(torch_in, 1.0, inplace=inplace)
+        assert ours.dtype == expected.dtype == dtype and torch.equal(ours, expected) and not ours.any()
+        assert (ours is ours_in) == (expected is torch_in) and torch.equal(ours_in, torch_in)
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            getattr(torch.nn.functional, fn)(x.clone(), 0.5)
+        with pytest.raises(RuntimeError, match="input must be a float32"):
+            getattr(FF, fn)(x.clone(), 0.5)
+
+
+def test_p_one_on_a_sparse_input_gives_zeros():
+    """A torch bug kept out: torch 2.13's dropout of a sparse COO input at p = 1 multiplies it by a
+    sparse 0-dim zeros tensor and returns values that are not zeros (uninitialised, ~1e29 here).
+    Ours is input * 0: a sparse tensor of zeros, as the documented input * 0 means."""
+    x = torch.randn(4, 5).to_sparse()
+    for inplace in (False, True):
+        target = x.clone()
+        ours = FF.dropout(target, 1.0, inplace=inplace)
+        assert (ours is target) == inplace
+        assert ours.layout == torch.sparse_coo and ours.shape == x.shape and not ours.to_dense().any()
+    assert torch.nn.functional.dropout(x, 1.0).layout == torch.sparse_coo

@@ -279,13 +279,47 @@ def test_grads_for_every_combination_of_what_requires_grad(training):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_backward_is_differentiable_once(training):
-    x = torch.randn(5, 3, requires_grad=True)
-    v = torch.randn(5, 3, requires_grad=True)
-    y = fnn.BatchNorm1d(3).train(training)(x)
-    (gx,) = torch.autograd.grad(y, x, grad_outputs=v, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        gx.sum().backward()
+@pytest.mark.parametrize("shape,layout", [((5, 3), "contiguous"), ((4, 3, 2, 3), "channels_last"),
+                                          ((3, 4, 5), "strided")])
+def test_double_backward_matches_torch(training, shape, layout):
+    """create_graph=True: the backward runs through torch's batch norm, so second-order grads (gradient
+    penalties, MAML) are torch's; gradgradcheck in float64 over every input that can require grad."""
+    gen = torch.Generator().manual_seed(2)
+    x = make_input(shape, torch.float64, "cpu", layout, gen).requires_grad_(True)
+    w = torch.rand(shape[1], dtype=torch.float64, generator=gen).add_(0.5).requires_grad_(True)
+    b = torch.randn(shape[1], dtype=torch.float64, generator=gen).requires_grad_(True)
+    rm = torch.randn(shape[1], dtype=torch.float64, generator=gen)
+    rv = torch.rand(shape[1], dtype=torch.float64, generator=gen).add_(0.5)
+
+    def f(batch_norm):
+        return lambda x, w, b: batch_norm(x, rm.clone(), rv.clone(), w, b, training=training, eps=1e-3)
+
+    assert torch.autograd.gradgradcheck(f(fnn.functional.batch_norm), (x, w, b))
+    # Gradient penalties added to a loss, with a grad_output that requires grad (y ** 3) and with a
+    # constant one (c): the grad of x depends on x and w either way.
+    c = torch.randn(shape, dtype=torch.float64, generator=gen)
+    for outer in (lambda y: y.pow(3).sum(), lambda y: (y * c).sum()):
+        grads = {}
+        for batch_norm in (fnn.functional.batch_norm, torch.nn.functional.batch_norm):
+            x.grad = w.grad = b.grad = None
+            y = f(batch_norm)(x, w, b)
+            (gx,) = torch.autograd.grad(outer(y), x, create_graph=True)
+            (gx.pow(2).sum() + y.sum()).backward()
+            grads[batch_norm] = [t.grad for t in (x, w, b)]
+        for o, e in zip(grads[fnn.functional.batch_norm], grads[torch.nn.functional.batch_norm]):
+            torch.testing.assert_close(o, e, rtol=1e-10, atol=1e-12)
+
+
+def test_first_order_backward_stays_on_our_kernels():
+    """Without create_graph the backward is our kernels' (torch's batch norm is not called)."""
+    x = torch.randn(8, 4, 5, 5, requires_grad=True)
+    m = fnn.BatchNorm2d(4)
+    y = m(x)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y.backward(torch.randn_like(y))
+    names = {e.key for e in prof.key_averages()}
+    assert not any("aten::native_batch_norm" in n or n == "aten::batch_norm" for n in names), names
+    assert any(n.startswith("fusedopt::batch_norm") for n in names), names
 
 
 def op_samples():

@@ -3,14 +3,16 @@
 // statistics; plus a pass-through for the running-statistics update, which records nothing.
 //
 // Why C++: torch's batch norm is C++ end to end, and the same rules as autograd.Functions in Python cost
-// ~30 us more per layer forward+backward, more than the kernels at small sizes. Like those Functions
-// the backward is differentiable once: differentiating it again raises (DelayedError, what Python's
-// @once_differentiable uses) instead of running kernels that autograd cannot follow.
+// ~30 us more per layer forward+backward, more than the kernels at small sizes. The backward runs our
+// kernels, which autograd cannot follow; when the backward is itself recorded (create_graph=True: a
+// gradient penalty, MAML's second-order step), it runs through torch's own batch norm instead, so its
+// results are differentiable to any order (torch_backward below).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <ATen/ops/batch_norm.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/library.h>
 
 #include "common/op_signatures.h"
@@ -83,28 +85,49 @@ std::pair<Tensor, Tensor> grads_of_params(const ParamGrads& wanted, const Tensor
   return {wanted.weight ? sum_dy_xmu.mul(var.add(eps).rsqrt()) : Tensor(), wanted.bias ? sum_dy : Tensor()};
 }
 
-// The backward's results, computed without recording: when the backward itself is being recorded
-// (create_graph=True), they are tied to a node that raises if differentiated.
+// Whether this backward is itself being recorded: create_graph=True, and its results depend on something
+// that requires grad (grad_output, or the saved input or weight: the batch statistics and the scale
+// make the input's grad a function of both even where grad_output is a constant).
+bool backward_recorded(const Tensor& grad_output, const Saved& s) {
+  return at::GradMode::is_enabled() && (grad_output.requires_grad() || s.input.requires_grad() ||
+                                        (s.weight.defined() && s.weight.requires_grad()));
+}
+
+// The backward through torch's batch norm, recomputed from the saved input with autograd on and
+// differentiated with create_graph: differentiable to any order by torch's own formulas (torch's double
+// backward of batch norm). Only taken when the backward is recorded (backward_recorded), so every first
+// order backward still runs our kernels. Training: batch statistics (recomputed by torch); evaluation:
+// the saved running statistics, which get no gradient.
+variable_list torch_backward(const Saved& s, const Tensor& grad_output, bool training, bool input_wanted) {
+  const at::AutoGradMode grad_mode(true);
+  Tensor grad_input, grad_weight, grad_bias;
+  std::vector<Tensor> wrt;
+  if (input_wanted) wrt.push_back(s.input);
+  if (s.wanted.weight) wrt.push_back(s.weight);
+  if (!wrt.empty()) {
+    const Tensor out = at::batch_norm(s.input, present(s.weight), std::nullopt,
+                                      training ? std::nullopt : present(s.mean), training ? std::nullopt : present(s.var),
+                                      training, 0.0, s.eps, /*cudnn_enabled=*/true);
+    variable_list grads = torch::autograd::grad({out}, wrt, {grad_output}, /*retain_graph=*/true,
+                                                /*create_graph=*/true, /*allow_unused=*/true);
+    size_t next = 0;
+    if (input_wanted) grad_input = grads[next++];
+    if (s.wanted.weight) grad_weight = grads[next++];
+  }
+  if (s.wanted.bias) {
+    std::vector<int64_t> dims{0};
+    for (int64_t d = 2; d < grad_output.dim(); ++d) dims.push_back(d);
+    grad_bias = grad_output.sum(dims);
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+// Our kernels, not recorded.
 template <class Compute>
-variable_list once_differentiable(const variable_list& grads, Compute compute) {
-  variable_list out;
-  {
-    const at::AutoGradMode no_grad(false);
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    out = compute();
-  }
-  bool recorded = at::GradMode::is_enabled();
-  if (recorded) {
-    recorded = false;
-    for (const Tensor& g : grads) recorded |= g.defined() && g.requires_grad();
-  }
-  if (!recorded) return out;
-  variable_list fake_leaves;
-  for (const Tensor& t : out) fake_leaves.push_back(t.defined() ? t.detach().requires_grad_(true) : Tensor());
-  return torch::autograd::DelayedError(
-             "trying to differentiate twice a fusedopt batch norm backward, which is differentiable once",
-             static_cast<int64_t>(fake_leaves.size()))
-      .apply(std::move(fake_leaves));
+variable_list unrecorded(Compute compute) {
+  const at::AutoGradMode no_grad(false);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return compute();
 }
 
 struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
@@ -121,7 +144,11 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
     const Saved s = Saved::load(ctx);
-    return once_differentiable(grads, [&]() -> variable_list {
+    if (backward_recorded(grads[0], s)) {
+      variable_list g = torch_backward(s, grads[0], /*training=*/true, ctx->needs_input_grad(0));
+      return {g[0], g[1], g[2], Tensor()};
+    }
+    return unrecorded([&]() -> variable_list {
       Tensor grad_input, sum_dy, sum_dy_xmu;
       if (ctx->needs_input_grad(0)) {
         std::tie(grad_input, sum_dy, sum_dy_xmu) =
@@ -145,7 +172,12 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
   // The statistics get no gradient (they are running buffers, as in torch's batch norm).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Saved s = Saved::load(ctx);
-    return once_differentiable(grads, [&]() -> variable_list {
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    if (backward_recorded(grads[0], s)) {
+      variable_list g = torch_backward(s, grads[0], /*training=*/false, ctx->needs_input_grad(0));
+      return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor()};
+    }
+    return unrecorded([&]() -> variable_list {
       Tensor grad_input, grad_weight, grad_bias;
       if (ctx->needs_input_grad(0)) {
         // d/dx = weight * invstd: the forward map with mean 0 and no bias, applied to grad_out.

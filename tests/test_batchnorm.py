@@ -281,15 +281,16 @@ def test_grads_for_every_combination_of_what_requires_grad(training):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape,layout", [((5, 3), "contiguous"), ((4, 3, 2, 3), "channels_last"),
                                           ((3, 4, 5), "strided")])
-def test_double_backward_matches_torch(training, shape, layout):
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_backward_matches_torch(training, shape, layout, device):
     """create_graph=True: the backward runs through torch's batch norm, so second-order grads (gradient
     penalties, MAML) are torch's; gradgradcheck in float64 over every input that can require grad."""
     gen = torch.Generator().manual_seed(2)
-    x = make_input(shape, torch.float64, "cpu", layout, gen).requires_grad_(True)
-    w = torch.rand(shape[1], dtype=torch.float64, generator=gen).add_(0.5).requires_grad_(True)
-    b = torch.randn(shape[1], dtype=torch.float64, generator=gen).requires_grad_(True)
-    rm = torch.randn(shape[1], dtype=torch.float64, generator=gen)
-    rv = torch.rand(shape[1], dtype=torch.float64, generator=gen).add_(0.5)
+    x = make_input(shape, torch.float64, device, layout, gen).requires_grad_(True)
+    w = torch.rand(shape[1], dtype=torch.float64, generator=gen).add_(0.5).to(device).requires_grad_(True)
+    b = torch.randn(shape[1], dtype=torch.float64, generator=gen).to(device).requires_grad_(True)
+    rm = torch.randn(shape[1], dtype=torch.float64, generator=gen).to(device)
+    rv = torch.rand(shape[1], dtype=torch.float64, generator=gen).add_(0.5).to(device)
 
     def f(batch_norm):
         return lambda x, w, b: batch_norm(x, rm.clone(), rv.clone(), w, b, training=training, eps=1e-3)
@@ -297,7 +298,7 @@ def test_double_backward_matches_torch(training, shape, layout):
     assert torch.autograd.gradgradcheck(f(fnn.functional.batch_norm), (x, w, b))
     # Gradient penalties added to a loss, with a grad_output that requires grad (y ** 3) and with a
     # constant one (c): the grad of x depends on x and w either way.
-    c = torch.randn(shape, dtype=torch.float64, generator=gen)
+    c = torch.randn(shape, dtype=torch.float64, generator=gen).to(device)
     for outer in (lambda y: y.pow(3).sum(), lambda y: (y * c).sum()):
         grads = {}
         for batch_norm in (fnn.functional.batch_norm, torch.nn.functional.batch_norm):

@@ -38,6 +38,21 @@ def _mb(b: int) -> str:
     return f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.1f} kB"
 
 
+def _fwd_bwd(f, make, compile=False):
+    """A setup for forward+backward of f(x, P) on x = make() (grad_output made the same way); with
+    compile=True it compiles f (torch.compile) and warms the step up before timing."""
+    def setup():
+        x = make().requires_grad_(True)
+        g = make()
+        h = torch.compile(f) if compile else f
+
+        def step():
+            h(x, P).backward(g)
+            x.grad = None
+        return warmed(step) if compile else step
+    return setup
+
+
 def dropout_cases(device: str, dtype: torch.dtype, _sets) -> list[Case]:
     sizes = [(12_800_000, torch.float32), (12_800_000, torch.bfloat16)]
     if OPTIONS.quick:
@@ -57,16 +72,7 @@ def dropout_cases(device: str, dtype: torch.dtype, _sets) -> list[Case]:
             return setup
 
         def fwd_bwd(f, compile=False, n=n, dt=dt):
-            def setup():
-                x = torch.randn(n, device=device, dtype=dt, requires_grad=True)
-                g = torch.randn(n, device=device, dtype=dt)
-                h = torch.compile(f) if compile else f
-
-                def step():
-                    h(x, P).backward(g)
-                    x.grad = None
-                return warmed(step) if compile else step
-            return setup
+            return _fwd_bwd(f, lambda: torch.randn(n, device=device, dtype=dt), compile)
 
         def inplace(f, compile=False, n=n, dt=dt):
             def setup():
@@ -99,17 +105,9 @@ def dropout_cases(device: str, dtype: torch.dtype, _sets) -> list[Case]:
     shape = (4, 16, 56, 56) if OPTIONS.quick else (32, 64, 80, 80)
     n = shape[0] * shape[1] * shape[2] * shape[3]
     for name, torch_fn, ours in (("dropout", TF.dropout, FF.dropout), ("dropout2d", TF.dropout2d, FF.dropout2d)):
-        def cl_fwd_bwd(f, compile=False, name=name):
-            def setup():
-                x = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-                g = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
-                h = torch.compile(f) if compile else f
-
-                def step():
-                    h(x, P).backward(g)
-                    x.grad = None
-                return warmed(step) if compile else step
-            return setup
+        def cl_fwd_bwd(f, compile=False):
+            return _fwd_bwd(f, lambda: torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last),
+                            compile)
 
         vs = [Variant("torch", cl_fwd_bwd(torch_fn), True)]
         if OPTIONS.compile:

@@ -9,9 +9,10 @@ Same signatures, defaults, return values and errors as torch 2.13, with two deli
   beyond float16's range is then correct rather than inf (torch zeroes every gradient in that case).
 - ``foreach`` is accepted and ignored (the fused path is always taken); tensors must live on CPU or CUDA.
 
-Gradients that are DTensors (FSDP2) are reduced over their mesh: each rank computes the norm of its
-local shards with the fused op, and the p-th powers (max/min for +-inf) are all-reduced over the mesh
-dimensions the gradients are sharded on. The result is then a DTensor replicated on that mesh.
+Gradients that are DTensors (FSDP2, tensor parallelism) are reduced over their mesh: each rank computes
+the norm of its local shards with the fused op, and the p-th powers (max/min for +-inf) are all-reduced
+over the mesh dimensions the gradients are sharded on (Shard, _StridedShard), not over those they are
+replicated on. The result is then a DTensor replicated on that mesh.
 """
 
 from __future__ import annotations
@@ -89,11 +90,20 @@ def _combine(norms: list[Tensor], norm_type: float, device: torch.device) -> Ten
     return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), norm_type)
 
 
-def _sharded_mesh_dims(t) -> tuple[int, ...]:
-    from torch.distributed.tensor import Replicate, Shard
+def _shard_types() -> tuple[type, ...]:
+    from torch.distributed.tensor import Shard
+    try:  # FSDP2 over a tensor-parallel dim; not a Shard subclass (nor is_shard()) in torch 2.13
+        from torch.distributed.tensor.placement_types import _StridedShard
+    except ImportError:
+        return (Shard,)
+    return (Shard, _StridedShard)
+
+
+def _sharded_mesh_dims(t, shard_types: tuple[type, ...]) -> tuple[int, ...]:
+    from torch.distributed.tensor import Replicate
     dims = []
     for mesh_dim, placement in enumerate(t.placements):
-        if isinstance(placement, Shard):
+        if isinstance(placement, shard_types):
             dims.append(mesh_dim)
         elif not isinstance(placement, Replicate):
             raise ValueError(f"fusedopt.nn.utils: a DTensor gradient has placement {placement}; "
@@ -106,14 +116,17 @@ def _dtensor_total_norm(tensors: list, norm_type: float):
     mesh dimensions (grouped by mesh and sharded dims); a DTensor replicated on the mesh."""
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Replicate
-    meshes = {id(t.device_mesh): t.device_mesh for t in tensors}
-    if len(meshes) != 1:
-        raise ValueError("fusedopt.nn.utils: DTensor gradients live on different device meshes; "
-                         "expected one mesh")
-    mesh = next(iter(meshes.values()))
+    # One mesh, by equality: FSDP2 over a tensor-parallel model gives each param a DeviceMesh object
+    # of its own, all equal.
+    mesh = tensors[0].device_mesh
+    for t in tensors:
+        if t.device_mesh is not mesh and t.device_mesh != mesh:
+            raise ValueError("fusedopt.nn.utils: DTensor gradients live on different device meshes; "
+                             "expected one mesh")
+    shard_types = _shard_types()
     groups: dict[tuple[int, ...], list[Tensor]] = {}
     for t in tensors:
-        groups.setdefault(_sharded_mesh_dims(t), []).append(t._local_tensor)
+        groups.setdefault(_sharded_mesh_dims(t, shard_types), []).append(t._local_tensor)
     device = tensors[0]._local_tensor.device
     parts = []
     for dims, local in groups.items():

@@ -1,7 +1,8 @@
 """fusedopt.nn.utils.clip_grad_norm_ and get_total_norm on DTensor gradients against torch's, in 2
 processes on gloo: FSDP2's Shard(0), Replicate(), Shard(1), a mix of both in one list (what a
-tensor-parallel model has), a 2-D mesh, and the grads of an FSDP2 + tensor-parallel model (_StridedShard
-placements, each param on a mesh object of its own)."""
+tensor-parallel model has), Partial, a 2-D mesh, and the grads of an FSDP2 + tensor-parallel model
+(_StridedShard placements, each param on a mesh object of its own) and of a sequence-parallel one
+(Partial grads)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ TOL = dict(rtol=2e-5, atol=0)
 
 def _layouts(mesh, mesh2d):
     """name -> (mesh, placements of a tensor of the given shape)."""
-    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor import Partial, Replicate, Shard
     return {
         "Shard(0)": (mesh, lambda shape: [Shard(0)]),
         "Replicate": (mesh, lambda shape: [Replicate()]),
@@ -33,6 +34,8 @@ def _layouts(mesh, mesh2d):
         # A tensor-parallel model: matrices split by columns (RowwiseParallel) or rows
         # (ColwiseParallel), vectors replicated.
         "Replicate+Shard": (mesh, lambda shape: [Replicate()] if len(shape) == 1 else [Shard(len(shape) % 2)]),
+        # Pending sums, as the grads of SequenceParallel's replicated norm weights are.
+        "Partial+Shard": (mesh, lambda shape: [Partial()] if len(shape) == 1 else [Shard(0)]),
         "2-D mesh": (mesh2d, lambda shape: [Replicate(), Replicate()] if len(shape) == 1
                      else [Replicate(), Shard(1)] if len(shape) == 2 else [Shard(0), Shard(2)]),
     }
@@ -113,6 +116,37 @@ def _check_fsdp2_tp(mesh2d) -> None:
             torch.testing.assert_close(a.grad.full_tensor(), b.grad.full_tensor(), rtol=2e-5, atol=1e-7)
 
 
+def _sequence_parallel_model(mesh):
+    # The LayerNorm's params are replicated and see sequence-sharded activations: their grads are
+    # Partial(sum) DTensors.
+    from torch import nn
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel, SequenceParallel,
+                                                   parallelize_module)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 12), nn.Tanh(), nn.Linear(12, 8))
+    return parallelize_module(model, mesh, {"0": SequenceParallel(), "1": ColwiseParallel(input_layouts=Shard(1)),
+                                            "3": RowwiseParallel()})
+
+
+def _check_sequence_parallel(mesh) -> None:
+    import fusedopt
+    from torch.distributed.tensor import Partial
+    x = torch.randn(2, 2 * WORLD, 8, generator=torch.Generator().manual_seed(1)).chunk(WORLD, dim=1)[dist.get_rank()]
+    for p in NORM_TYPES:
+        theirs, ours = _sequence_parallel_model(mesh), _sequence_parallel_model(mesh)
+        for model in (theirs, ours):
+            model(x).square().sum().backward()
+        assert ours[0].weight.grad.placements == (Partial(),), ours[0].weight.grad.placements
+        n_theirs = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5, p)
+        n_ours = fusedopt.nn.utils.clip_grad_norm_(ours.parameters(), 0.5, p)
+        torch.testing.assert_close(n_ours.full_tensor(), n_theirs.full_tensor(), **TOL,
+                                   msg=lambda s: f"sequence parallel, norm_type {p}: {s}")
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            assert a.grad.placements == b.grad.placements
+            torch.testing.assert_close(a.grad.full_tensor(), b.grad.full_tensor(), rtol=2e-5, atol=1e-7)
+
+
 def _worker(rank: int, init_file: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -126,6 +160,7 @@ def _worker(rank: int, init_file: str) -> None:
         g = torch.Generator().manual_seed(0)  # same full grads on every rank
         _check_layouts([torch.randn(s, generator=g) * 3 for s in SHAPES], mesh, mesh2d)
         _check_fsdp2_tp(mesh2d)
+        _check_sequence_parallel(mesh)
         dist.barrier()  # neither rank tears its connections down while the other still uses them
     finally:
         dist.destroy_process_group()

@@ -12,7 +12,8 @@ Same signatures, defaults, return values and errors as torch 2.13, with two deli
 Gradients that are DTensors (FSDP2, tensor parallelism) are reduced over their mesh: each rank computes
 the norm of its local shards with the fused op, and the p-th powers (max/min for +-inf) are all-reduced
 over the mesh dimensions the gradients are sharded on (Shard, _StridedShard), not over those they are
-replicated on. The result is then a DTensor replicated on that mesh.
+replicated on; Partial gradients are reduced first, as torch does. The result is then a DTensor
+replicated on that mesh.
 """
 
 from __future__ import annotations
@@ -99,16 +100,25 @@ def _shard_types() -> tuple[type, ...]:
     return (Shard, _StridedShard)
 
 
-def _sharded_mesh_dims(t, shard_types: tuple[type, ...]) -> tuple[int, ...]:
-    from torch.distributed.tensor import Replicate
+def _norm_layout(t, shard_types: tuple[type, ...]) -> tuple[tuple[int, ...], Tensor]:
+    """(mesh dims t is sharded on, the local tensor whose norm is this rank's part of t's norm)."""
+    from torch.distributed.tensor import Partial, Replicate
     dims = []
+    partial = False
     for mesh_dim, placement in enumerate(t.placements):
         if isinstance(placement, shard_types):
             dims.append(mesh_dim)
+        elif isinstance(placement, Partial):
+            partial = True
         elif not isinstance(placement, Replicate):
             raise ValueError(f"fusedopt.nn.utils: a DTensor gradient has placement {placement}; "
-                             "expected Shard or Replicate placements")
-    return tuple(dims)
+                             "expected Shard, Replicate or Partial placements")
+    if partial:
+        # Pending sums (e.g. the grads of replicated params fed sequence-parallel activations, as
+        # SequenceParallel's norm layers are) are reduced first, as torch's norm does: an all-reduce
+        # each, in the same order on every rank. Scaling the grads needs none (it is linear).
+        t = t.redistribute(t.device_mesh, [Replicate() if isinstance(pl, Partial) else pl for pl in t.placements])
+    return tuple(dims), t._local_tensor
 
 
 def _dtensor_total_norm(tensors: list, norm_type: float):
@@ -126,7 +136,8 @@ def _dtensor_total_norm(tensors: list, norm_type: float):
     shard_types = _shard_types()
     groups: dict[tuple[int, ...], list[Tensor]] = {}
     for t in tensors:
-        groups.setdefault(_sharded_mesh_dims(t, shard_types), []).append(t._local_tensor)
+        dims, local = _norm_layout(t, shard_types)
+        groups.setdefault(dims, []).append(local)
     device = tensors[0]._local_tensor.device
     parts = []
     for dims, local in groups.items():

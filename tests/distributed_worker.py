@@ -1,14 +1,15 @@
 """Multi-process checks of fusedopt optimizers under DDP, FSDP2 (fully_shard), ZeroRedundancyOptimizer,
-torch.distributed.checkpoint and GradScaler, on gloo/CPU.
+torch.distributed.checkpoint and GradScaler, on DTensors placed Replicate() and Shard(1), and under
+tensor parallelism (parallelize_module; also with FSDP2, and with SequenceParallel), on gloo/CPU.
 
 Run as a script: `python tests/distributed_worker.py OUT.json [--world-size 2] [--only CASE ...]`
 spawns the ranks, runs every case for every optimizer in OPTIMIZERS and writes
 {"<case>/<optimizer>": {"ok": bool, "detail": str}} (rank 0's view, with any rank's failure).
 tests/test_distributed.py runs it once and turns each entry into a test.
 
-Every case trains the same small model on the same global batches and compares the parameters with a
-single-process run of the torch optimizer on the whole batch (float32 rounding), and, where torch's
-optimizer also runs under the same wrapper, with that run too.
+Every case trains the same small model on the same global batches (or steps params with the same
+grads) and compares the parameters with a single-process run of the torch optimizer on the whole batch
+(float32 rounding), and, where torch's optimizer also runs under the same wrapper, with that run too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ OPTIMIZERS = {
     "sgd-dampening": (fusedopt.optim.SGD, torch.optim.SGD,
                       dict(lr=0.05, momentum=0.8, dampening=0.25, weight_decay=0.02, maximize=True)),
     "sgd-plain": (fusedopt.optim.SGD, torch.optim.SGD, dict(lr=0.1)),
+    "adam": (fusedopt.optim.Adam, torch.optim.Adam, dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.01)),
     "adamw-amsgrad": (fusedopt.optim.AdamW, torch.optim.AdamW,
                       dict(lr=0.01, weight_decay=0.05, amsgrad=True)),
     "rmsprop-centered": (fusedopt.optim.RMSprop, torch.optim.RMSprop,
@@ -48,6 +50,11 @@ GLOBAL_BATCH = 8
 # Parameters after a few steps of different reductions (all-reduce/reduce-scatter of half batches vs
 # one backward over the whole batch) differ by float32 rounding only.
 TOL = dict(rtol=1e-5, atol=1e-6)
+# Optimizer state, against torch's: the test suite's float32 parity tolerance. Centered RMSprop's
+# momentum buffer (a quotient by sqrt(square_avg - grad_avg**2), which cancels) differs from torch's by
+# up to 4e-5 relative under tensor parallelism, as in one process; torch's own float32 run is 1.5e-4
+# away from its float64 one there.
+STATE_TOL = dict(rtol=1e-4, atol=1e-5)
 
 
 def make_model() -> nn.Module:
@@ -69,12 +76,14 @@ def local_batch(x: torch.Tensor, y: torch.Tensor):
 
 
 def loss_fn(model, x, y):
-    return nn.functional.mse_loss(model(x), y)
+    out = model(x)
+    # A tensor-parallel model's output is a replicated DTensor: its local tensor is the whole output.
+    return nn.functional.mse_loss(out.to_local() if hasattr(out, "to_local") else out, y)
 
 
-def reference_params(opt_name: str, steps: int = STEPS) -> list[torch.Tensor]:
+def reference_params(opt_name: str, steps: int = STEPS, make=make_model) -> list[torch.Tensor]:
     """The torch optimizer, one process, the whole batch."""
-    model = make_model()
+    model = make()
     _, torch_cls, kwargs = OPTIMIZERS[opt_name]
     opt = torch_cls(model.parameters(), **kwargs)
     for x, y in batches(steps):
@@ -143,7 +152,6 @@ def case_ddp(opt_name: str) -> None:
 
 
 def case_fsdp2(opt_name: str) -> None:
-    from torch.distributed.tensor import DTensor
     fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
     model = fsdp2(make_model())
     opt = fused_cls(model.parameters(), **kwargs)
@@ -153,17 +161,24 @@ def case_fsdp2(opt_name: str) -> None:
     train(twin, twin_opt)
     compare(model.parameters(), reference_params(opt_name), "FSDP2 vs one process")
     compare(model.parameters(), [full(p.detach()) for p in twin.parameters()], "FSDP2 vs torch under FSDP2")
-    # State as torch's optimizers keep it: DTensors placed like their params, equal values.
-    for p, tp in zip(model.parameters(), twin.parameters()):
+    compare_state(opt, twin_opt, list(model.parameters()), list(twin.parameters()))
+
+
+def compare_state(opt, twin_opt, params, twin_params) -> None:
+    """State as torch's optimizers keep it: DTensors placed like their params, equal values."""
+    from torch.distributed.tensor import DTensor
+    for i, (p, tp) in enumerate(zip(params, twin_params, strict=True)):
         assert isinstance(p, DTensor)
         state, twin_state = opt.state[p], twin_opt.state[tp]
-        assert state.keys() == twin_state.keys(), (state.keys(), twin_state.keys())
+        assert state.keys() == twin_state.keys(), (i, state.keys(), twin_state.keys())
         for key, value in state.items():
             twin_value = twin_state[key]
-            assert type(value) is type(twin_value), (key, type(value), type(twin_value))
+            assert type(value) is type(twin_value), (i, key, type(value), type(twin_value))
             if isinstance(value, DTensor):
-                assert value.placements == p.placements and value.device_mesh == p.device_mesh, key
-                torch.testing.assert_close(value.full_tensor(), twin_value.full_tensor(), **TOL)
+                assert value.placements == p.placements and value.device_mesh == p.device_mesh, (i, key)
+                assert twin_value.placements == p.placements, (i, key, twin_value.placements)
+                torch.testing.assert_close(value.full_tensor(), twin_value.full_tensor(), **STATE_TOL,
+                                           msg=lambda m: f"param {i}, state {key!r}: {m}")
 
 
 def case_zero(opt_name: str) -> None:
@@ -332,15 +347,246 @@ def case_fsdp2_folded_clip(opt_name: str) -> None:
     compare(model.parameters(), [p.detach() for p in ref.parameters()], "FSDP2 folded clipping")
 
 
+# ---------------------------------------------------------------------------------------------------
+# Placements other than FSDP2's Shard(0): Replicate, Shard(1), tensor parallelism, FSDP2 + TP.
+
+_MESHES: dict = {}
+
+
+def mesh_of(shape: tuple[int, ...]):
+    """One DeviceMesh per shape for the whole run (each init_device_mesh makes new process groups);
+    the cases run in the same order on every rank, so the ranks make them together."""
+    from torch.distributed.device_mesh import init_device_mesh
+    if shape not in _MESHES:
+        names = ("dp", "tp") if len(shape) == 2 else None
+        _MESHES[shape] = init_device_mesh("cpu", shape, mesh_dim_names=names)
+    return _MESHES[shape]
+
+
+# Odd sizes: uneven Shard(1) shards, one empty on rank 1 ((5, 1)); 1-D tensors take Shard(0).
+PLACED_SHAPES = [(3, 7), (7,), (5, 1), (2, 3, 5), (1,)]
+
+
+def placed_run(cls, kwargs, placements, steps: int = STEPS):
+    """cls on params of PLACED_SHAPES distributed with placements(shape) (None: plain tensors, one
+    process), stepped with the same full grads on every rank. Returns (optimizer, params)."""
+    from torch.distributed.tensor import distribute_tensor
+    g = torch.Generator().manual_seed(2)
+    mesh = mesh_of((dist.get_world_size(),))
+    params = []
+    for shape in PLACED_SHAPES:
+        t = torch.randn(shape, generator=g)
+        params.append(nn.Parameter(t if placements is None else distribute_tensor(t, mesh, placements(shape))))
+    opt = cls(params, **kwargs)
+    for _ in range(steps):
+        for p in params:
+            grad = torch.randn(p.shape, generator=g)
+            p.grad = grad if placements is None else distribute_tensor(grad, p.device_mesh, p.placements)
+        opt.step()
+    return opt, params
+
+
+def placed_case(opt_name: str, placements, what: str) -> None:
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    opt, params = placed_run(fused_cls, kwargs, placements)
+    twin_opt, twin = placed_run(torch_cls, kwargs, placements)
+    _, expected = placed_run(torch_cls, kwargs, None)
+    compare(params, [p.detach() for p in expected], f"{what} vs one process")
+    compare(params, [full(p.detach()) for p in twin], f"{what} vs torch on the same DTensors")
+    compare_state(opt, twin_opt, params, twin)
+
+
+def case_replicate(opt_name: str) -> None:
+    from torch.distributed.tensor import Replicate
+    placed_case(opt_name, lambda shape: [Replicate()], "Replicate")
+
+
+def case_shard1(opt_name: str) -> None:
+    from torch.distributed.tensor import Shard
+    placed_case(opt_name, lambda shape: [Shard(1) if len(shape) > 1 else Shard(0)], "Shard(1)")
+
+
+def make_tp_model() -> nn.Module:
+    # Even hidden sizes: torch's tensor-parallel styles split activations evenly.
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(7, 12), nn.Tanh(), nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 1))
+
+
+def tensor_parallel(model: nn.Module, mesh) -> nn.Module:
+    """Column-split first layer (weight and bias Shard(0)), row-split second (weight Shard(1), bias
+    Replicate), the last one replicated: each rank runs on the whole batch."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_module
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel(use_local_output=False)})
+    distribute_module(model[4], mesh)  # Replicate params, takes the replicated DTensor output of layer 2
+    placements = [p.placements[-1] for p in model.parameters()]
+    assert placements == [Shard(0), Shard(0), Shard(1), Replicate(), Replicate(), Replicate()], placements
+    return model
+
+
+def train_full_batch(model, opt, steps: int = STEPS, clip: tuple[float, float] | None = None) -> list[float]:
+    """Every rank on the whole batch (tensor parallelism). With clip=(max_norm, norm_type), torch's
+    clip_grad_norm_ before each step; returns its norms."""
+    norms = []
+    for x, y in batches(steps):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        if clip is not None:
+            norms.append(float(full(torch.nn.utils.clip_grad_norm_(model.parameters(), *clip))))
+        opt.step()
+    return norms
+
+
+def case_tp(opt_name: str) -> None:
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    mesh = mesh_of((dist.get_world_size(),))
+    model = tensor_parallel(make_tp_model(), mesh)
+    opt = fused_cls(model.parameters(), **kwargs)
+    train_full_batch(model, opt)
+    twin = tensor_parallel(make_tp_model(), mesh)
+    twin_opt = torch_cls(twin.parameters(), **kwargs)
+    train_full_batch(twin, twin_opt)
+    compare(model.parameters(), reference_params(opt_name, make=make_tp_model), "TP vs one process")
+    compare(model.parameters(), [full(p.detach()) for p in twin.parameters()], "TP vs torch under TP")
+    compare_state(opt, twin_opt, list(model.parameters()), list(twin.parameters()))
+
+
+def folded_clip_case(opt_name: str, make, what: str, norm_types=(2.0, 1.0, float("inf")),
+                     twin: bool = True) -> None:
+    """max_grad_norm= on make()'s model (every rank on the whole batch) against
+    torch.nn.utils.clip_grad_norm_ then step(): in one process, and (twin) on the same DTensors."""
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    for norm_type in norm_types:
+        model = make()
+        opt = fused_cls(model.parameters(), max_grad_norm=CLIP, grad_norm_type=norm_type, **kwargs)
+        norms = []
+        for x, y in batches():
+            opt.zero_grad()
+            loss_fn(model, x, y).backward()
+            opt.step()
+            norms.append(float(full(opt.last_grad_norm)))
+        ref = make_tp_model()
+        ref_norms = train_full_batch(ref, torch_cls(ref.parameters(), **kwargs), clip=(CLIP, norm_type))
+        assert min(ref_norms) > CLIP, f"{what}, norm_type {norm_type}: the case does not clip: norms {ref_norms}"
+        label = f"{what} folded clipping, norm_type {norm_type}"
+        torch.testing.assert_close(torch.tensor(norms), torch.tensor(ref_norms), **TOL,
+                                   msg=lambda m: f"{label}, norms: {m}")
+        compare(model.parameters(), [p.detach() for p in ref.parameters()], f"{label} vs one process")
+        if twin:
+            other = make()
+            other_norms = train_full_batch(other, torch_cls(other.parameters(), **kwargs), clip=(CLIP, norm_type))
+            torch.testing.assert_close(torch.tensor(norms), torch.tensor(other_norms), **TOL,
+                                       msg=lambda m: f"{label}, norms vs torch's on the same DTensors: {m}")
+            compare(model.parameters(), [full(p.detach()) for p in other.parameters()],
+                    f"{label} vs torch's clip_grad_norm_ and step on the same DTensors")
+
+
+def case_tp_folded_clip(opt_name: str) -> None:
+    """Replicate and Shard params in one optimizer: a replicated grad enters the norm once."""
+    mesh = mesh_of((dist.get_world_size(),))
+    folded_clip_case(opt_name, lambda: tensor_parallel(make_tp_model(), mesh), "TP")
+
+
+def case_fsdp2_tp_folded_clip(opt_name: str) -> None:
+    """FSDP2 over "dp" (size 1) of the tensor-parallel model over "tp" (size 2): params placed
+    (_StridedShard(0), Shard(0)), (Shard(0), Shard(1)), (Shard(0), Replicate()), each on a DeviceMesh
+    object of its own."""
+    from torch.distributed.fsdp import fully_shard
+    mesh = mesh_of((1, dist.get_world_size()))
+
+    def make():
+        model = tensor_parallel(make_tp_model(), mesh["tp"])
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh["dp"])
+        return fully_shard(model, mesh=mesh["dp"])
+
+    folded_clip_case(opt_name, make, "FSDP2 + TP", norm_types=(2.0,), twin=False)
+
+
+def make_sp_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 12), nn.Tanh(), nn.Linear(12, 8))
+
+
+def sequence_parallel(model: nn.Module) -> nn.Module:
+    """The LayerNorm on sequence-sharded activations (SequenceParallel: its params replicated, their
+    grads Partial(sum)), then a column- and a row-split layer; the output is replicated."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel, SequenceParallel,
+                                                   parallelize_module)
+    return parallelize_module(model, mesh_of((dist.get_world_size(),)),
+                              {"0": SequenceParallel(), "1": ColwiseParallel(input_layouts=Shard(1)),
+                               "3": RowwiseParallel()})
+
+
+def train_sp(model, opt, sharded: bool, clip: tuple[float, float] | None = None) -> list[float]:
+    """Batches of (batch 4, sequence 4, features 8); sharded: each rank feeds its half of the
+    sequence. With clip, torch's clip_grad_norm_ before each step (returns its norms)."""
+    g = torch.Generator().manual_seed(3)
+    norms = []
+    for _ in range(STEPS):
+        x, y = torch.randn(4, 4, 8, generator=g), torch.randn(4, 4, 8, generator=g)
+        if sharded:
+            x = x.chunk(dist.get_world_size(), dim=1)[dist.get_rank()]
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        if clip is not None:
+            norms.append(float(full(torch.nn.utils.clip_grad_norm_(model.parameters(), *clip))))
+        opt.step()
+    return norms
+
+
+def case_sequence_parallel(opt_name: str) -> None:
+    """Replicated params with Partial(sum) grads (torch's optimizers reduce them in their first op on
+    the grad), against one process and torch under sequence parallelism; then max_grad_norm= against
+    clip_grad_norm_ and step() in one process."""
+    from torch.distributed.tensor import Partial
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    model = sequence_parallel(make_sp_model())
+    opt = fused_cls(model.parameters(), **kwargs)
+    train_sp(model, opt, sharded=True)
+    twin = sequence_parallel(make_sp_model())
+    twin_opt = torch_cls(twin.parameters(), **kwargs)
+    train_sp(twin, twin_opt, sharded=True)
+    assert twin[0].weight.grad.placements == (Partial(),), twin[0].weight.grad.placements
+    ref = make_sp_model()
+    train_sp(ref, torch_cls(ref.parameters(), **kwargs), sharded=False)
+    compare(model.parameters(), [p.detach() for p in ref.parameters()], "sequence parallel vs one process")
+    compare(model.parameters(), [full(p.detach()) for p in twin.parameters()], "sequence parallel vs torch")
+    compare_state(opt, twin_opt, list(model.parameters()), list(twin.parameters()))
+
+    model = sequence_parallel(make_sp_model())
+    opt = fused_cls(model.parameters(), max_grad_norm=CLIP, **kwargs)
+    train_sp(model, opt, sharded=True)
+    ref = make_sp_model()
+    ref_norms = train_sp(ref, torch_cls(ref.parameters(), **kwargs), sharded=False, clip=(CLIP, 2.0))
+    assert min(ref_norms) > CLIP, f"the case does not clip: norms {ref_norms}"
+    torch.testing.assert_close(float(full(opt.last_grad_norm)), ref_norms[-1], **TOL)
+    compare(model.parameters(), [p.detach() for p in ref.parameters()], "sequence parallel folded clipping")
+
+
 CASES = {
     "ddp": case_ddp,
     "fsdp2_folded_clip": case_fsdp2_folded_clip,
+    "replicate": case_replicate,
+    "shard1": case_shard1,
+    "tp": case_tp,
+    "tp_folded_clip": case_tp_folded_clip,
+    "fsdp2_tp_folded_clip": case_fsdp2_tp_folded_clip,
+    "sequence_parallel": case_sequence_parallel,
     "fsdp2": case_fsdp2,
     "zero": case_zero,
     "dcp": case_dcp,
     "grad_scaler": case_grad_scaler,
     "layout_repair": case_layout_repair,
     "bad_state": case_bad_state,
+}
+
+# case -> why it fails for now; tests/test_distributed.py marks its tests xfail(strict=True).
+KNOWN_FAILURES = {
+    "sequence_parallel": "collect_group refuses a Partial(sum) grad of a Replicate param "
+                         "(csrc/python/local_shards.cpp, local_param_and_grad); torch's optimizers reduce it",
 }
 
 _TEMPDIR: str | None = None

@@ -1,5 +1,6 @@
-"""fusedopt optimizers under DDP, FSDP2, ZeroRedundancyOptimizer, torch.distributed.checkpoint and
-GradScaler: 2 processes on gloo/CPU (tests/distributed_worker.py), compared with torch.
+"""fusedopt optimizers under DDP, FSDP2, ZeroRedundancyOptimizer, torch.distributed.checkpoint,
+GradScaler, on Replicate and Shard(1) DTensors and under tensor (and sequence) parallelism: 2 processes on
+gloo/CPU (tests/distributed_worker.py), compared with torch.
 
 The ranks are started once for the whole file (starting processes and importing torch dominates the
 time); each (case, optimizer) pair is its own test over the worker's results."""
@@ -38,8 +39,14 @@ def results(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+def _cases():
+    for case in distributed_worker.CASES:
+        reason = distributed_worker.KNOWN_FAILURES.get(case)
+        yield pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=reason)) if reason else case
+
+
 @pytest.mark.parametrize("optimizer", list(distributed_worker.OPTIMIZERS))
-@pytest.mark.parametrize("case", list(distributed_worker.CASES))
+@pytest.mark.parametrize("case", list(_cases()))
 def test_distributed(results, case, optimizer):
     key = f"{case}/{optimizer}"
     assert key in results, f"{key} did not run (the worker stopped early?)"

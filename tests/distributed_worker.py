@@ -550,6 +550,11 @@ def case_sequence_parallel(opt_name: str) -> None:
     twin_opt = torch_cls(twin.parameters(), **kwargs)
     train_sp(twin, twin_opt, sharded=True)
     assert twin[0].weight.grad.placements == (Partial(),), twin[0].weight.grad.placements
+    # Ours were reduced by the step (Replicate; torch's stay Partial), with the same values.
+    from torch.distributed.tensor import Replicate
+    assert model[0].weight.grad.placements == (Replicate(),), model[0].weight.grad.placements
+    compare([model[0].weight.grad, model[0].bias.grad], [full(twin[0].weight.grad), full(twin[0].bias.grad)],
+            "reduced grads")
     ref = make_sp_model()
     train_sp(ref, torch_cls(ref.parameters(), **kwargs), sharded=False)
     compare(model.parameters(), [p.detach() for p in ref.parameters()], "sequence parallel vs one process")
@@ -584,10 +589,7 @@ CASES = {
 }
 
 # case -> why it fails for now; tests/test_distributed.py marks its tests xfail(strict=True).
-KNOWN_FAILURES = {
-    "sequence_parallel": "collect_group refuses a Partial(sum) grad of a Replicate param "
-                         "(csrc/python/local_shards.cpp, local_param_and_grad); torch's optimizers reduce it",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 _TEMPDIR: str | None = None
 

@@ -163,6 +163,7 @@ struct CollectedGroup {
   // step-count check needs no second walk over them); invalid for other keys.
   std::vector<ScalarCheck> scalar_checks;
   std::vector<int64_t> grad_fixes;              // grads laid out unlike their param
+  std::vector<int64_t> partial_grads;           // DTensor grads Partial where the param is Replicate
   std::vector<std::pair<int64_t, int64_t>> state_fixes;  // (key, i): dtype/device/layout differs
   std::vector<at::Device> devices;
   bool has_dtensor = false;  // some param is a DTensor (stepped as its local shard)

@@ -104,14 +104,24 @@ at::Tensor local_or_self(const at::Tensor& t) {
   return is_dtensor(t) ? local_tensor_of(python_object(t).ptr()) : t;
 }
 
+// Whether the grad is placed like the param but for Partial where the param is Replicate (the rare
+// case: asked of Python, fusedopt/optim/_common.py).
+bool partial_of_replicated(PyObject* param, PyObject* grad) {
+  py::object check = py::module_::import("fusedopt.optim._common").attr("is_partial_grad_of_replicated");
+  return check(py::handle(param), py::handle(grad)).cast<bool>();
+}
+
 std::pair<at::Tensor, at::Tensor> local_param_and_grad(PyObject* param, const at::Tensor& grad,
-                                                       const std::string& where, int64_t index) {
+                                                       const std::string& where, int64_t index, bool* partial) {
+  *partial = false;
   py::object g = python_object(grad);
   if (!grad.unsafeGetTensorImpl()->is_python_dispatch() || !is_dtensor_type(Py_TYPE(g.ptr()))) {
     fail(where, index, "is a DTensor but its grad is a plain tensor; expected a DTensor placed like "
                        "the param");
   }
-  if (!same_sharding(param, g.ptr())) {
+  if (!same_sharding(param, g.ptr()) && partial_of_replicated(param, g.ptr())) {
+    *partial = true;
+  } else if (!same_sharding(param, g.ptr())) {
     fail(where, index, "is a DTensor placed as " + sharding_of(param) + " but its grad is placed as " +
                            sharding_of(g.ptr()) + "; expected the same mesh and placements");
   }

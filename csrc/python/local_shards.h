@@ -20,9 +20,12 @@ bool is_dtensor(const at::Tensor& t);
 at::Tensor local_or_self(const at::Tensor& t);
 
 // The local shards of the DTensor param `param` (its Python object) and of its grad `grad`. Throws,
-// naming `where` and `index`, when the grad is not a DTensor placed like the param.
+// naming `where` and `index`, when the grad is not a DTensor placed like the param, except for a grad
+// that is Partial where the param is Replicate (SequenceParallel's norm layers): then `*partial` is
+// set, and the step reduces that grad before anything runs (fusedopt/optim/_common.py,
+// reduce_partial_grads); its local shard is the shape of the param's.
 std::pair<at::Tensor, at::Tensor> local_param_and_grad(PyObject* param, const at::Tensor& grad,
-                                                       const std::string& where, int64_t index);
+                                                       const std::string& where, int64_t index, bool* partial);
 
 // The local shard of the state tensor `state` (Python object; `state_tensor` is the same tensor)
 // under `key` of param `param`, when the param (`param_sharded`) or the state is a DTensor. Throws,

@@ -421,7 +421,8 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
     const bool sharded = is_dtensor(p_arg);
     out.has_dtensor = out.has_dtensor || sharded;
     std::pair<at::Tensor, at::Tensor> shard;
-    if (sharded) shard = local_param_and_grad(obj, g_arg, where, i);
+    bool partial_grad = false;
+    if (sharded) shard = local_param_and_grad(obj, g_arg, where, i, &partial_grad);
     const at::Tensor& p = sharded ? shard.first : p_arg;
     const at::Tensor& g = sharded ? shard.second : g_arg;
     switch (grad_problem(p, g)) {
@@ -442,6 +443,7 @@ CollectedGroup collect_group(const py::list& group_params, const py::dict& state
     }
     const int64_t k = out.size();
     if (laid_out_unlike(p, g)) out.grad_fixes.push_back(k);
+    if (partial_grad) out.partial_grads.push_back(k);
     // state[obj] as looked up ahead; looked up here when it was not (a param without state yet).
     PyObject* entry = keys.empty() ? nullptr : ahead.entries[i - block_begin].ptr();
     const bool looked_ahead = entry != nullptr;
@@ -509,6 +511,8 @@ void add_step_helpers(py::module& m) {
       .def_property_readonly("grads", [](const CollectedGroup& g) { return g.grads.tensors(); })
       .def_property_readonly("keys", [](const CollectedGroup& g) { return g.keys; })
       .def_property_readonly("grad_fixes", [](const CollectedGroup& g) { return g.grad_fixes; })
+      .def_property_readonly("partial_grads", [](const CollectedGroup& g) { return g.partial_grads; },
+                             "Indices of DTensor grads that are Partial where their param is Replicate.")
       .def_property_readonly("state_fixes", [](const CollectedGroup& g) { return g.state_fixes; })
       .def_property_readonly("bad_state", [](const CollectedGroup& g) -> py::object {
         if (!g.bad_state) return py::none();

@@ -77,6 +77,50 @@ def repair_layouts(collected, optimizer_state, state_dtype=None) -> dict[int, Te
     return replaced
 
 
+def is_partial_grad_of_replicated(param, grad) -> bool:
+    """Whether DTensor grad is placed like DTensor param except for Partial where the param is
+    Replicate: the grads of replicated params fed sharded activations (SequenceParallel's norm
+    layers). Asked by collect_group (csrc/python/local_shards.cpp) only when the placements differ."""
+    from torch.distributed.tensor import Partial, Replicate
+    if grad.device_mesh != param.device_mesh or len(grad.placements) != len(param.placements):
+        return False
+    differs = False
+    for g, p in zip(grad.placements, param.placements):
+        if g == p:
+            continue
+        if not (isinstance(g, Partial) and isinstance(p, Replicate)):
+            return False
+        differs = True
+    return differs
+
+
+def reduce_partial_grads(collected: list) -> None:
+    """Reduces the Partial grads of Replicate params (``CollectedGroup.partial_grads``) to the param's
+    placements, as torch's optimizers do in their first op on such a grad, and makes the result the
+    param's grad and the kernels' input. Called once every group is collected and checked, so each
+    rank makes the same collectives in the same order (a rank that raised would have raised first).
+    Unlike torch's, the grad is Replicate after the step (same values): a Partial grad has no single
+    local value to write GradScaler's unscaled grads back to."""
+    for entry in collected:
+        c = entry[1]
+        indices = c.partial_grads
+        if not indices:
+            continue
+        params = c.params
+        for i in indices:
+            p = params[i]
+            grad = p.grad
+            reduced = grad.redistribute(grad.device_mesh, p.placements)
+            local = reduced._local_tensor
+            if local.stride() != grad._local_tensor.stride():  # keep the layout collect_group checked
+                local = torch.empty_like(grad._local_tensor).copy_(local)
+                reduced = type(reduced).from_local(local, reduced.device_mesh, reduced.placements,
+                                                   run_check=False, shape=reduced.shape,
+                                                   stride=reduced.stride())
+            p.grad = reduced
+            c.set_grad(i, local)
+
+
 def write_back_grads(collected, replaced: dict[int, Tensor]) -> None:
     """Copy grads the kernel rewrote (GradScaler unscaling) into the grads they replaced."""
     if replaced:

@@ -119,6 +119,7 @@ class FusedStep:
             if len(c):
                 step_fixes = _step_state.check(c, self._NAME, i) if "step" in scalar_keys else []
                 collected.append((group, c, step_fixes))
+        _common.reduce_partial_grads(collected)
         grad_scale, found_inf = _common.grad_scaler_tensors(self)
         if found_inf is not None and self._skip_needs_sync(collected) and found_inf.item() != 0:
             return loss

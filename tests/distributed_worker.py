@@ -571,6 +571,30 @@ def case_sequence_parallel(opt_name: str) -> None:
     compare(model.parameters(), [p.detach() for p in ref.parameters()], "sequence parallel folded clipping")
 
 
+def case_sequence_parallel_grad_scaler(opt_name: str) -> None:
+    """GradScaler with Partial grads: ours are reduced, unscaled in the kernel and written back (then
+    Replicate), torch's unscaled where they are (Partial); same params, grads and scale."""
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    runs = []
+    for cls in (fused_cls, torch_cls):
+        model = sequence_parallel(make_sp_model())
+        opt = cls(model.parameters(), **kwargs)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
+        g = torch.Generator().manual_seed(3)
+        for _ in range(STEPS):
+            x, y = torch.randn(4, 4, 8, generator=g), torch.randn(4, 4, 8, generator=g)
+            x = x.chunk(dist.get_world_size(), dim=1)[dist.get_rank()]
+            opt.zero_grad()
+            scaler.scale(nn.functional.mse_loss(model(x), y)).backward()
+            scaler.step(opt)
+            scaler.update()
+        runs.append((model, scaler.get_scale()))
+    (model, scale), (twin, twin_scale) = runs
+    assert scale == twin_scale, (scale, twin_scale)
+    compare(model.parameters(), [full(p.detach()) for p in twin.parameters()], "GradScaler, sequence parallel")
+    compare([p.grad for p in model.parameters()], [full(p.grad) for p in twin.parameters()], "unscaled grads")
+
+
 CASES = {
     "ddp": case_ddp,
     "fsdp2_folded_clip": case_fsdp2_folded_clip,
@@ -580,6 +604,7 @@ CASES = {
     "tp_folded_clip": case_tp_folded_clip,
     "fsdp2_tp_folded_clip": case_fsdp2_tp_folded_clip,
     "sequence_parallel": case_sequence_parallel,
+    "sequence_parallel_grad_scaler": case_sequence_parallel_grad_scaler,
     "fsdp2": case_fsdp2,
     "zero": case_zero,
     "dcp": case_dcp,

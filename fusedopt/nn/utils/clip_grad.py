@@ -9,6 +9,17 @@ Same signatures, defaults, return values and errors as torch 2.13, with two deli
   beyond float16's range is then correct rather than inf (torch zeroes every gradient in that case).
 - ``foreach`` is accepted and ignored (the fused path is always taken); tensors must live on CPU or CUDA.
 
+Sparse COO gradients (``nn.Embedding(sparse=True)``) are taken as torch 2.14 takes them, on every torch
+version (torch 2.13 refuses them in the norm): the norm of such a tensor is the norm of its coalesced
+values (duplicate indices summed first; the elements it does not store are not counted, which matters
+for the -inf and negative orders only), computed by the fused op (float32 for float16/bfloat16 values,
+as for dense tensors) and combined with the dense tensors' fused norms as torch combines per-tensor
+norms; a tensor without values is empty (the inf and negative orders refuse it, as torch does). They
+are scaled in place by ``grad.mul_(coef)``, as torch does, and stay uncoalesced if they were. Lists
+without a sparse tensor take the fused paths unchanged. ``clip_grad_value_`` refuses them (torch's
+clamp has no sparse kernel) before any gradient changes. Other sparse layouts (CSR, CSC, BSR, BSC) and
+sparse DTensors are refused with a ``NotImplementedError`` naming the entry.
+
 Gradients that are DTensors (FSDP2, tensor parallelism) are reduced over their mesh: each rank computes
 the norm of its local shards with the fused op, and the p-th powers (max/min for +-inf) are all-reduced
 over the mesh dimensions the gradients are sharded on (Shard, _StridedShard), not over those they are
@@ -44,9 +55,11 @@ def _dtensor_type():
 
 def _check_tensor(t, what: str, index: int) -> None:
     # Where torch.nn.utils raises too, the exception is of its type: a None entry, an integer or bool
-    # dtype (RuntimeError), a floating dtype without norm kernels such as float8, a sparse tensor
-    # (NotImplementedError; torch's clip_grads_with_norm_ scales sparse grads). The other refusals are
-    # fusedopt's own: torch takes complex tensors and devices other than CPU and CUDA.
+    # dtype (RuntimeError), a floating dtype without norm kernels such as float8 (NotImplementedError).
+    # Sparse COO tensors pass (taken by the Python path, as torch 2.14 takes them). The other refusals
+    # are fusedopt's own: torch takes complex tensors and devices other than CPU and CUDA, scales
+    # sparse compressed (CSR, ...) grads in clip_grads_with_norm_, and fails in the norm of one with a
+    # RuntimeError of its internals.
     if t is None:
         raise RuntimeError(f"{what}[{index}] is None; expected a Tensor")
     if not isinstance(t, Tensor):
@@ -60,8 +73,13 @@ def _check_tensor(t, what: str, index: int) -> None:
             raise NotImplementedError(message)
         raise TypeError(message + " (use torch.nn.utils for other dtypes)")
     if t.layout != torch.strided:
-        raise NotImplementedError(f"{what}[{index}] has layout {t.layout}; fusedopt's clipping needs dense "
-                                  "tensors")
+        if t.layout != torch.sparse_coo:
+            raise NotImplementedError(f"{what}[{index}] has layout {t.layout}; fusedopt's clipping takes dense "
+                                      "(strided) and sparse COO tensors")
+        dtensor = _dtensor_type()
+        if dtensor is not None and isinstance(t, dtensor):
+            raise NotImplementedError(f"{what}[{index}] is a DTensor with layout {t.layout}; fusedopt's "
+                                      "clipping takes sparse COO tensors as plain tensors only")
     if t.device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"{what}[{index}] is on {t.device}; fusedopt's clipping runs on CPU and CUDA only")
 
@@ -76,12 +94,33 @@ def _dense(t: Tensor) -> Tensor:
     return t if _fills_memory(t) else t.contiguous()
 
 
+def _is_sparse(t: Tensor) -> bool:
+    return t.layout == torch.sparse_coo
+
+
+def _sparse_values(t: Tensor) -> Tensor:
+    """The values whose norm is a sparse COO tensor's norm in torch 2.14: those of the coalesced tensor
+    (duplicate indices summed; elements not stored are not counted), dense for the kernels."""
+    return _dense((t if t.is_coalesced() else t.coalesce())._values())
+
+
+def _without_elements(t: Tensor) -> bool:
+    """Whether t's norm is of no element: no element at all, or a sparse tensor without values."""
+    return t.numel() == 0 or (_is_sparse(t) and t._values().numel() == 0)
+
+
 def _local_norms(tensors: list[Tensor], norm_type: float) -> list[Tensor]:
-    """One fused norm per device, in order of first appearance."""
+    """One fused norm per device, in order of first appearance, of the dense tensors; then one per
+    sparse tensor, of its coalesced values (torch 2.14's norm of a sparse tensor)."""
     by_device: dict[torch.device, list[Tensor]] = {}
+    sparse = []
     for t in tensors:
-        by_device.setdefault(t.device, []).append(_dense(t))
-    return [torch.ops.fusedopt.total_norm(ts, norm_type) for ts in by_device.values()]
+        if _is_sparse(t):
+            sparse.append(t)
+        else:
+            by_device.setdefault(t.device, []).append(_dense(t))
+    norms = [torch.ops.fusedopt.total_norm(ts, norm_type) for ts in by_device.values()]
+    return norms + [torch.ops.fusedopt.total_norm([_sparse_values(t)], norm_type) for t in sparse]
 
 
 def _combine(norms: list[Tensor], norm_type: float, device: torch.device) -> Tensor:
@@ -186,41 +225,52 @@ def get_total_norm(
     return _total_norm(tensors, float(norm_type), error_if_nonfinite, foreach=foreach)
 
 
-def _survey(tensors: list, what: str) -> tuple[int, bool, bool]:
-    """(number of DTensors, every plain tensor fills its memory, all on one device), in one C++ pass;
-    raises as torch would, naming the first entry the fused kernels cannot take."""
+def _survey(tensors: list, what: str) -> tuple[int, bool, bool, int]:
+    """(number of DTensors, every plain dense tensor fills its memory, all on one device, number of
+    sparse COO tensors), in one C++ pass; raises as torch would, naming the first entry the fused
+    kernels cannot take. A list with a sparse COO tensor (refused by the C++ pass) is surveyed in
+    Python: lists without one never pay for them."""
     if torch.compiler.is_compiling():
-        return _traceable_survey(tensors, what)
+        return _python_survey(tensors, what)
     first_bad, n_dtensors, all_dense, one_device = _C.survey_tensors(tensors)
     if first_bad >= 0:
+        if getattr(tensors[first_bad], "layout", None) == torch.sparse_coo:
+            return _python_survey(tensors, what)
         _check_tensor(tensors[first_bad], what, first_bad)
         raise AssertionError(f"{what}[{first_bad}] was refused by the survey but passes the checks")
-    return n_dtensors, all_dense, one_device
+    return n_dtensors, all_dense, one_device, 0
 
 
-def _traceable_survey(tensors: list, what: str) -> tuple[int, bool, bool]:
-    """_survey in Python, for torch.compile: dynamo cannot trace into _C.survey_tensors, and with this
-    the clipping functions compile into one graph (fullgraph=True) around the fused ops."""
+def _python_survey(tensors: list, what: str) -> tuple[int, bool, bool, int]:
+    """_survey in Python: for torch.compile (dynamo cannot trace into _C.survey_tensors, and with this
+    the clipping functions compile into one graph, fullgraph=True, around the fused ops), and for lists
+    that hold a sparse COO tensor."""
     dtensor = _dtensor_type()
-    n_dtensors, all_dense, devices = 0, True, set()
+    n_dtensors, all_dense, devices, n_sparse = 0, True, set(), 0
     for index, t in enumerate(tensors):
         _check_tensor(t, what, index)
         if dtensor is not None and isinstance(t, dtensor):
             n_dtensors += 1
+        elif _is_sparse(t):
+            n_sparse += 1
         else:
             all_dense = all_dense and _fills_memory(t)
         devices.add(t.device)
-    return n_dtensors, all_dense, len(devices) == 1
+    return n_dtensors, all_dense, len(devices) == 1, n_sparse
 
 
-def _check_no_empty_tensor(tensors: list, norm_type: float, foreach: bool | None) -> None:
+def _check_no_empty_tensor(tensors: list, norm_type: float, foreach: bool | None, n_sparse: int = 0) -> None:
     """torch takes the norm of each tensor first, and the inf and negative-order norms of an empty
     tensor (a max, or a sum of negative powers) have no identity: an error with torch's message
     (_foreach_norm's for inf, linalg.vector_norm's otherwise), although the norm of the elements there
-    are would exist."""
-    if not any(t.numel() == 0 for t in tensors):
+    are would exist. A sparse tensor without values is empty too (torch 2.14 takes the norm of its
+    values): _foreach_norm passes it on to linalg.vector_norm, so the message is _foreach_norm's only
+    if the first empty tensor has no element at all (within one device and dtype that is torch's
+    order; across them torch's order is that of a hash map, not followed here)."""
+    first = next((t for t in tensors if (_without_elements(t) if n_sparse else t.numel() == 0)), None)
+    if first is None:
         return
-    if norm_type == _INF and foreach is not False:
+    if norm_type == _INF and foreach is not False and first.numel() == 0:
         raise RuntimeError("_foreach_norm cannot compute the infinity norm on an empty tensor because the "
                            "operation does not have an identity")
     raise RuntimeError(f"linalg.vector_norm cannot compute the {norm_type:g} norm on an empty tensor because "
@@ -234,20 +284,22 @@ def _nan_order_norm(tensors: list, n_dtensors: int) -> Tensor:
     if n_dtensors:
         raise NotImplementedError("fusedopt.nn.utils: norm_type=nan is not supported for DTensors")
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    if len(tensors) == 1 and tensors[0].numel() <= 1:
-        return tensors[0].detach().abs().to(dtype).sum()  # 0 for no element, |x| for one
+    if len(tensors) == 1:
+        only = _sparse_values(tensors[0]) if _is_sparse(tensors[0]) else tensors[0]
+        if only.numel() <= 1:
+            return only.detach().abs().to(dtype).sum()  # 0 for no element, |x| for one
     return torch.full((), float("nan"), dtype=dtype, device=tensors[0].device)
 
 
 def _total_norm(tensors: list, norm_type: float, error_if_nonfinite: bool,
-                survey: tuple[int, bool, bool] | None = None, foreach: bool | None = None) -> Tensor:
+                survey: tuple[int, bool, bool, int] | None = None, foreach: bool | None = None) -> Tensor:
     if len(tensors) == 0:
         return torch.tensor(0.0)
-    n_dtensors, all_dense, one_device = survey or _survey(tensors, "tensors")
+    n_dtensors, all_dense, one_device, n_sparse = survey or _survey(tensors, "tensors")
     if n_dtensors not in (0, len(tensors)):
         raise ValueError("fusedopt.nn.utils: tensors mix DTensors and plain tensors; expected one kind")
     if norm_type == _INF or norm_type < 0:
-        _check_no_empty_tensor(tensors, norm_type, foreach)
+        _check_no_empty_tensor(tensors, norm_type, foreach, n_sparse)
     if norm_type != norm_type:
         total = _nan_order_norm(tensors, n_dtensors)
     elif norm_type == 0:
@@ -255,12 +307,13 @@ def _total_norm(tensors: list, norm_type: float, error_if_nonfinite: bool,
         if n_dtensors:
             raise NotImplementedError("fusedopt.nn.utils: norm_type=0 is not supported for DTensors")
         device = tensors[0].device
-        counts = [torch.ops.fusedopt.total_norm([_dense(t)], 0.0).to(device) for t in tensors if t.numel()]
+        counts = [torch.ops.fusedopt.total_norm([_sparse_values(t) if _is_sparse(t) else _dense(t)], 0.0).to(device)
+                  for t in tensors if t.numel()]
         # (not _combine: a single tensor's count of nonzero elements is not its 0-"norm" here, 1 or 0 is)
         total = torch.linalg.vector_norm(torch.stack(counts), 0.0) if counts else torch.zeros((), device=device)
     elif n_dtensors:
         total = _dtensor_total_norm(tensors, norm_type)
-    elif all_dense and one_device:  # the common case: one fused call, no per-tensor Python
+    elif all_dense and one_device and not n_sparse:  # the common case: one fused call, no per-tensor Python
         total = torch.ops.fusedopt.total_norm(tensors, norm_type)
     else:
         total = _combine(_local_norms(tensors, norm_type), norm_type, tensors[0].device)
@@ -305,11 +358,11 @@ def _check_total_norm(total_norm) -> None:
 
 
 def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
-                survey: tuple[int, bool, bool] | None = None) -> None:
+                survey: tuple[int, bool, bool, int] | None = None) -> None:
     if len(grads) == 0:
         return
     _check_total_norm(total_norm)
-    n_dtensors, all_dense, one_device = survey or _survey(grads, "grads")
+    n_dtensors, all_dense, one_device, n_sparse = survey or _survey(grads, "grads")
     dtensor = _dtensor_type() if n_dtensors or type(total_norm) is not Tensor else None
     if dtensor is not None:
         if n_dtensors:
@@ -318,7 +371,7 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
             total_norm = total_norm.full_tensor()
     if total_norm.dtype not in (torch.float32, torch.float64):
         total_norm = total_norm.float()
-    if all_dense and one_device and not n_dtensors:  # the common case: one fused call
+    if all_dense and one_device and not n_dtensors and not n_sparse:  # the common case: one fused call
         torch.ops.fusedopt.clip_by_total_norm_(grads, to_device(total_norm, grads[0].device),
                                                max_norm)
         return
@@ -327,13 +380,14 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
         by_device.setdefault(g.device, []).append(g)
     for device, device_grads in by_device.items():
         norm = to_device(total_norm, device)
-        dense = [g for g in device_grads if _fills_memory(g)]
+        dense = [g for g in device_grads if not _is_sparse(g) and _fills_memory(g)]
         torch.ops.fusedopt.clip_by_total_norm_(dense, norm, max_norm)
         if len(dense) != len(device_grads):
-            # Views with gaps in their memory: the same coefficient, by torch's own operations.
+            # Views with gaps in their memory and sparse tensors (their values, in place, as torch
+            # does; an uncoalesced one stays so): the same coefficient, by torch's own operations.
             coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
             for g in device_grads:
-                if not _fills_memory(g):
+                if _is_sparse(g) or not _fills_memory(g):
                     g.mul_(coef)
 
 
@@ -381,5 +435,31 @@ def clip_grad_value_(
 ) -> None:
     r"""Clip the gradients to ``[-clip_value, clip_value]`` in place, as
     :func:`torch.nn.utils.clip_grad_value_` (whose foreach path this calls: an elementwise clamp has
-    nothing to fuse). ``foreach`` is passed on."""
+    nothing to fuse). ``foreach`` is passed on. A sparse grad is an error, as in torch (its clamp has
+    no sparse kernel: NotImplementedError for sparse COO, RuntimeError for CSR and the other
+    compressed layouts), raised here before any grad changes (torch clamps the grads before it)."""
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    else:
+        parameters = list(parameters)
+    float(clip_value)  # torch's first error, if any
+    grads = [p.grad for p in parameters if p.grad is not None]
+    _check_clampable(grads)
     torch.nn.utils.clip_grad_value_(parameters, clip_value, foreach=foreach)
+
+
+def _check_clampable(grads: list) -> None:
+    """Raise torch's exception type for the first grad that is not strided (in one C++ pass when none
+    is)."""
+    if torch.compiler.is_compiling():
+        start = 0
+    else:
+        start, *_ = _C.survey_tensors(grads)  # the first entry the fused kernels cannot take, or -1
+        if start < 0:
+            return
+    for index in range(start, len(grads)):
+        layout = grads[index].layout
+        if layout != torch.strided:
+            exc = NotImplementedError if layout == torch.sparse_coo else RuntimeError
+            raise exc(f"grads[{index}] has layout {layout}; clip_grad_value_ clamps dense (strided) "
+                      "tensors only (torch's clamp has no sparse kernel)")

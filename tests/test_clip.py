@@ -782,7 +782,10 @@ def _grads_of(specs):
     """Parameters whose grads are the given tensors (None: no grad)."""
     params = []
     for g in specs:
-        p = torch.nn.Parameter(torch.zeros(g.shape if g is not None else (2,), dtype=getattr(g, "dtype", None)))
+        if g is not None and g.layout not in (torch.strided, torch.sparse_coo):
+            p = g.clone()  # (a dense param takes dense and sparse COO grads only)
+        else:
+            p = torch.nn.Parameter(torch.zeros(g.shape if g is not None else (2,), dtype=getattr(g, "dtype", None)))
         p.grad = None if g is None else g.clone()
         params.append(p)
     return params
@@ -887,32 +890,346 @@ def _torch_takes(call) -> bool:
     return True
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_refused_entries_raise_torchs_exception_types():
     """Where torch.nn.utils raises too, the exception type is its own: RuntimeError for integer and
-    bool tensors and None entries, NotImplementedError for float8 and sparse tensors (we raised
-    TypeError); our messages name the entry."""
+    bool tensors and None entries, NotImplementedError for float8 tensors (we raised TypeError); our
+    messages name the entry. Sparse COO tensors are taken (test_sparse_grads_*); the other sparse
+    layouts are refused with a NotImplementedError naming the entry, before anything changes (torch
+    scales them in clip_grads_with_norm_, and fails in their norm with a RuntimeError of its
+    internals)."""
     entries = [torch.arange(3), torch.ones(3, dtype=torch.bool), torch.ones(3, dtype=torch.uint8),
-               torch.ones(3).to(torch.float8_e4m3fn), torch.ones(3).to_sparse(), None]
+               torch.ones(3).to(torch.float8_e4m3fn), torch.ones(2, 3).to_sparse_csr(),
+               torch.ones(3, 2).to_sparse_csc(), torch.ones(2, 2).to_sparse_bsr((1, 1)), None]
     for bad in entries:
         for fn in ("get_total_norm", "clip_grad_norm_", "clip_grads_with_norm_"):
+            dense = torch.nn.Parameter(torch.ones(2))
+            dense.grad = torch.full((2,), 5.0)
             if fn == "get_total_norm":
                 def call(utils):
-                    return getattr(utils, fn)([torch.ones(2), bad])
+                    return getattr(utils, fn)([dense.grad, bad])
             elif bad is None:
                 continue  # (a param without a grad is skipped)
             else:
                 def call(utils):
-                    q = torch.zeros(3, dtype=bad.dtype, layout=bad.layout)  # a plain tensor takes any grad
-                    q.grad = bad.clone()
-                    args = (1.0, torch.tensor(2.0)) if fn == "clip_grads_with_norm_" else (1.0,)
-                    return getattr(utils, fn)([q], *args)
-            if bad is not None and bad.layout != torch.strided and _torch_takes(call):
-                # torch scales sparse grads (and from 2.14 takes their norm too); we refuse them, before
-                # anything changes (README: where fusedopt differs)
-                with pytest.raises(NotImplementedError, match=r"(grads|tensors)\[\d\] has layout torch.sparse_coo"):
+                    r = bad.clone() if bad.layout != torch.strided else torch.zeros(3, dtype=bad.dtype)
+                    r.grad = bad.clone()  # a plain tensor takes any grad of its layout and dtype
+                    args = (1.0, torch.tensor(20.0)) if fn == "clip_grads_with_norm_" else (1.0,)
+                    return getattr(utils, fn)([dense, r], *args)
+            if bad is not None and bad.layout != torch.strided:
+                with pytest.raises(NotImplementedError, match=rf"(grads|tensors)\[1\] has layout {bad.layout}"):
                     call(fusedopt.nn.utils)
+                assert torch.equal(dense.grad, torch.full((2,), 5.0))
                 continue
             with pytest.raises(Exception) as theirs:
                 call(torch.nn.utils)
             with pytest.raises(theirs.type):
                 call(fusedopt.nn.utils)
+
+
+# --- Sparse COO gradients (nn.Embedding(sparse=True)) -------------------------------------------------
+# torch 2.14 takes the norm of a sparse COO tensor (2.13 has no sparse kernel of linalg.vector_norm and
+# raises NotImplementedError): the norm of its coalesced values, duplicate indices summed first and the
+# elements it does not store not counted (for the -inf and negative orders the norm is then not the
+# dense tensor's). fusedopt takes them so on every torch version. Where torch has the sparse kernel
+# (CI runs the suite on torch 2.14 too) the tests compare with torch itself; everywhere they compare
+# with that definition.
+
+def _torch_takes_sparse_norms() -> bool:
+    try:
+        torch.linalg.vector_norm(torch.ones(2).to_sparse())
+    except NotImplementedError:
+        return False
+    return True
+
+
+TORCH_SPARSE_NORMS = _torch_takes_sparse_norms()
+SPARSE_NORM_TYPES = [2.0, 1.0, INF, -INF, 0.0, 0.5, 3.0, -1.5]
+
+
+def _coo(indices, values, shape, dtype=torch.float32, device="cpu"):
+    return torch.sparse_coo_tensor(torch.tensor(indices, dtype=torch.long), torch.tensor(values, dtype=dtype),
+                                   shape, device=device, check_invariants=True)
+
+
+def _embedding_grad(seed, dtype=torch.float32, device="cpu", ids=(1, 1, 4, 2, 4, 1), num=7, dim=3):
+    """The grad of nn.Embedding(sparse=True): uncoalesced, one row per looked-up id (repeats included)."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.Embedding(num, dim, sparse=True)
+    out = emb(torch.tensor(ids))
+    (out * torch.randn(out.shape, generator=g) * 3).sum().backward()
+    grad = emb.weight.grad
+    assert grad.layout == torch.sparse_coo and not grad.is_coalesced()
+    return grad.to(device=device, dtype=dtype)
+
+
+def _sparse_zoo(dtype=torch.float32, device="cpu", seed=0):
+    """Sparse COO tensors with values: uncoalesced embedding grads, their coalesced form, implicit zeros,
+    duplicates that cancel (an explicit zero), two sparse dims, and a value per index given twice."""
+    return [_embedding_grad(seed, dtype, device), _embedding_grad(seed + 1, dtype, device).coalesce(),
+            _embedding_grad(seed + 2, dtype, device, ids=(3, 3, 3)),
+            _coo([[0, 2]], [1.5, -2.0], (5,), dtype, device),
+            _coo([[0, 0, 1]], [1.0, -1.0, 4.0], (2,), dtype, device),
+            _coo([[0, 1, 0], [2, 2, 2]], [1.5, -2.0, 0.5], (3, 4), dtype, device)]
+
+
+def _tensor_norm64(t, p):
+    """One tensor's norm in float64, by the definition: a sparse tensor's is its coalesced values'."""
+    values = t.coalesce().values() if t.layout == torch.sparse_coo else t
+    return torch.linalg.vector_norm(values.detach().double().reshape(-1).cpu(), p)
+
+
+def _definition_norm(tensors, p):
+    """torch's total norm: that norm of the stacked per-tensor norms, in float64."""
+    return torch.linalg.vector_norm(torch.stack([_tensor_norm64(t, p) for t in tensors]), p)
+
+
+def _sparse_lists(device):
+    g = torch.Generator().manual_seed(5)
+
+    def dense(*shape, dtype=torch.float32):
+        return (torch.randn(*shape, generator=g) * 2).to(device=device, dtype=dtype)
+
+    return {
+        "sparse": _sparse_zoo(device=device),
+        "mixed": [dense(4, 3), *_sparse_zoo(device=device, seed=10)[:3], dense(6), dense(5, 2)[:, ::2]],
+        "float64": [dense(3, dtype=torch.float64), _embedding_grad(20, torch.float64, device), dense(4)],
+        "half": [_embedding_grad(30, torch.float16, device), _embedding_grad(31, torch.bfloat16, device),
+                 dense(5, dtype=torch.float16), _coo([[0, 1]], [1.0, 60000.0], (3,), torch.float16, device)],
+    }
+
+
+def _scaled_as_torch(grads, max_norm, total_norm):
+    """The grads as torch.nn.utils.clip_grads_with_norm_ leaves them with this total norm: it scales
+    sparse grads on every version (a float16/bfloat16 norm is taken in float32, as ours)."""
+    params = _grads_of(grads)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm.float() if total_norm.dtype in
+                                         (torch.float16, torch.bfloat16) else total_norm)
+    return [q.grad for q in params]
+
+
+def _assert_same_grad(a, b, rtol=0.0, atol=0.0):
+    """Equal grads (to the bit by default): a sparse one with the same indices, coalesced or not as b."""
+    assert a.layout == b.layout and a.dtype == b.dtype
+    if a.layout == torch.sparse_coo:
+        assert a.is_coalesced() == b.is_coalesced() and torch.equal(a._indices(), b._indices())
+        a, b = a._values(), b._values()
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol, equal_nan=True)
+
+
+def test_sparse_norm_definition_is_torch_2_14s():
+    """What the tests below take as the norm of a sparse COO tensor is torch 2.14's: the norm of its
+    coalesced values, also for an uncoalesced tensor and where it stores explicit zeros, not counting
+    the elements it does not store (the dense tensor's -inf and negative-order norms are then 0).
+    torch 2.13 has no sparse kernel."""
+    implicit_zeros = _coo([[0, 2]], [1.5, -2.0], (5,))
+    for t in _sparse_zoo():
+        for p in SPARSE_NORM_TYPES + [math.nan]:
+            if not TORCH_SPARSE_NORMS:
+                with pytest.raises(NotImplementedError):
+                    torch.linalg.vector_norm(t, p)
+                continue
+            theirs = torch.linalg.vector_norm(t, p)
+            assert theirs.dtype == t.dtype and theirs.shape == ()
+            torch.testing.assert_close(theirs.double(), _tensor_norm64(t, p), rtol=1e-6, atol=0, equal_nan=True)
+    assert _tensor_norm64(implicit_zeros, -INF) == 1.5 and torch.linalg.vector_norm(implicit_zeros.to_dense(), -INF) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["sparse", "mixed", "float64", "half"])
+@pytest.mark.parametrize("p", SPARSE_NORM_TYPES)
+def test_sparse_grads_norm_and_clip_as_torch_2_14(device, kind, p):
+    """get_total_norm and clip_grad_norm_ of lists holding sparse COO grads (uncoalesced embedding grads
+    among them) and dense ones: torch 2.14's norm, float32 for half grads (as for dense ones), and the
+    grads scaled in place as torch scales them: the same tensor objects, uncoalesced ones still
+    uncoalesced, the values multiplied by torch's coefficient."""
+    tensors = _sparse_lists(device)[kind]
+    expected_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    expected = _definition_norm(tensors, p)
+    ours = get_total_norm(tensors, p)
+    assert ours.dtype == expected_dtype and ours.shape == () and ours.device == tensors[0].device
+    torch.testing.assert_close(ours.double().cpu(), expected, **_norm_tol(tensors, p))
+    if TORCH_SPARSE_NORMS:
+        # torch: a float16/bfloat16 tensor's norm in its dtype; compare on float32 copies of those
+        # (of sparse ones once coalesced: duplicates are summed in the grad's dtype).
+        upcast = [(t.coalesce() if t.is_sparse else t).float() if t.dtype in (torch.float16, torch.bfloat16) else t
+                  for t in tensors]
+        theirs = torch.nn.utils.get_total_norm(upcast, p)
+        assert theirs.dtype == expected_dtype
+        torch.testing.assert_close(ours, theirs, **_norm_tol(tensors, p))
+    for max_norm in (0.5, 1e9):  # scaled down, and a coefficient of 1
+        params = _grads_of(tensors)
+        grads = [q.grad for q in params]
+        norm = clip_grad_norm_(params, max_norm, p)
+        assert torch.equal(norm, ours)
+        assert all(q.grad is g for q, g in zip(params, grads))
+        for a, b in zip(grads, _scaled_as_torch(tensors, max_norm, norm)):
+            _assert_same_grad(a, b)
+        if TORCH_SPARSE_NORMS and kind != "half":
+            theirs_p = _grads_of(tensors)
+            n_theirs = torch.nn.utils.clip_grad_norm_(theirs_p, max_norm, p)
+            torch.testing.assert_close(norm, n_theirs, **_norm_tol(tensors, p))
+            # (torch takes a float32 tensor's norm in float32 also next to float64 ones, we in float64)
+            for a, b in zip(grads, theirs_p):
+                _assert_same_grad(a, b.grad, rtol=_norm_tol(tensors, p)["rtol"] + TOL[a.dtype]["rtol"],
+                                  atol=TOL[a.dtype]["atol"])
+    # clip_grads_with_norm_ with a given norm: torch's results to the bit, on every version.
+    params = _grads_of(tensors)
+    clip_grads_with_norm_(params, 0.5, torch.tensor(7.25))
+    for a, b in zip(params, _scaled_as_torch(tensors, 0.5, torch.tensor(7.25))):
+        _assert_same_grad(a.grad, b)
+
+
+def test_sparse_grads_leave_the_dense_paths_alone():
+    """A sparse grad costs nothing when there is none: the C++ survey and clip_grad_norm_'s C++ path
+    take dense lists as before (no Python survey), and hand a list holding a sparse grad to the Python
+    path, modifying nothing."""
+    from fusedopt import _C
+    from fusedopt.nn.utils import clip_grad as module
+
+    dense = _grads_of([torch.randn(4, 3), torch.randn(5), torch.randn(6, 4)[:, ::2]])
+    sparse = _grads_of([torch.randn(3), _embedding_grad(0), torch.randn(2)])
+    before = [q.grad.clone() for q in sparse]
+    assert _C.survey_tensors([q.grad for q in sparse])[0] == 1
+    assert _C.clip_grad_norm_plain(sparse, 1e-3, 2.0) is None
+    for a, b in zip(sparse, before):
+        _assert_same_grad(a.grad, b)
+    assert _C.clip_grad_norm_plain(dense[:2], 1e9, 2.0) is not None
+
+    def no_python_survey(*args):
+        raise AssertionError("a list without a sparse tensor took the Python survey")
+
+    original = module._python_survey
+    module._python_survey = no_python_survey
+    try:
+        get_total_norm([q.grad for q in dense], 2.0)
+        clip_grad_norm_(dense, 1.0, 3.0, error_if_nonfinite=True)  # the general path
+        clip_grads_with_norm_(dense, 1.0, torch.tensor(2.0))
+        with pytest.raises(AssertionError, match="Python survey"):
+            get_total_norm([q.grad for q in sparse])
+    finally:
+        module._python_survey = original
+
+
+def test_sparse_grads_without_values():
+    """A sparse tensor without values (nnz 0, or no elements per value) is an empty tensor to torch
+    2.14's norm: the inf and negative orders raise its error (linalg.vector_norm's: _foreach_norm passes
+    it on, and raises its own only for a tensor without elements, whichever comes first), before any
+    grad changes; the other orders count it as zeros."""
+    nnz0 = _coo([[]], [], (4,))
+    no_elements = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (0, 3),
+                                          check_invariants=True)
+    hybrid = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.zeros(2, 0), (4, 0), check_invariants=True)
+    x = torch.randn(5)
+    lists = [[nnz0], [no_elements], [hybrid], [x, nnz0], [x, _embedding_grad(0), nnz0],
+             [torch.zeros(0), _embedding_grad(1)], [_embedding_grad(2), torch.zeros(0)],
+             [nnz0, torch.zeros(0)], [torch.zeros(0), nnz0], [x, hybrid, nnz0]]
+    for tensors in lists:
+        first = next(t for t in tensors if t.numel() == 0 or (t.is_sparse and t._values().numel() == 0))
+        for p in (INF, -INF, -1.0, "inf"):
+            for foreach in (None, False):
+                foreach_norm = float(p) == INF and foreach is not False and first.numel() == 0
+                message = ("_foreach_norm cannot compute the infinity norm" if foreach_norm else
+                           f"linalg.vector_norm cannot compute the {float(p):g} norm")
+                ours = _outcome(get_total_norm, tensors, p, foreach=foreach)
+                assert ours[0][0] is RuntimeError and ours[0][1].startswith(message), (tensors, p, ours)
+                if TORCH_SPARSE_NORMS:  # (one dtype: torch's order is the list's)
+                    assert ours == _outcome(torch.nn.utils.get_total_norm, tensors, p, foreach=foreach)
+            for error_if_nonfinite in (False, True):
+                params = _grads_of(tensors)
+                ours = _outcome(clip_grad_norm_, params, 0.5, p, error_if_nonfinite)
+                assert ours[0][0] is RuntimeError
+                for q, t in zip(params, tensors):
+                    _assert_same_grad(q.grad, t)
+        for p in (2.0, 1.0, 0.0, 0.5, 3.0):
+            ours = get_total_norm(tensors, p)
+            torch.testing.assert_close(ours.double(), _definition_norm(tensors, p), rtol=2e-6, atol=0)
+            if TORCH_SPARSE_NORMS:
+                torch.testing.assert_close(ours, torch.nn.utils.get_total_norm(tensors, p), rtol=2e-6, atol=0)
+            params = _grads_of(tensors)
+            norm = clip_grad_norm_(params, 0.5, p)
+            for a, b in zip(params, _scaled_as_torch(tensors, 0.5, norm)):
+                _assert_same_grad(a.grad, b)
+
+
+def test_sparse_grads_nan_order_and_non_finite():
+    """Order NaN: torch's norm of one tensor of no value is 0, of one value (after coalescing) its
+    absolute value, NaN otherwise, and NaN for two tensors or more. error_if_nonfinite: an error, before
+    any grad changes, for inf or NaN values in a sparse grad."""
+    one = _coo([[2]], [-3.0], (5,))
+    dup = _coo([[2, 2]], [-3.0, 1.0], (5,))  # one value once coalesced: 2
+    for tensors, expected in (([one], 3.0), ([dup], 2.0), ([_coo([[]], [], (4,))], 0.0),
+                              ([_coo([[1, 2]], [1.0, 2.0], (4,))], math.nan), ([one, torch.zeros(0)], math.nan)):
+        for p in (math.nan, "nan"):
+            ours = get_total_norm(tensors, p)
+            torch.testing.assert_close(ours, torch.tensor(expected), equal_nan=True)
+            if TORCH_SPARSE_NORMS:
+                assert _outcome(get_total_norm, tensors, p) == _outcome(torch.nn.utils.get_total_norm, tensors, p)
+    for bad in (INF, math.nan):
+        tensors = [torch.randn(3), _coo([[0, 1, 1]], [1.0, 2.0, bad], (4,))]
+        for p in (2.0, INF, 1.0):
+            params = _grads_of(tensors)
+            ours = _outcome(clip_grad_norm_, params, 0.5, p, True)
+            assert ours[0][0] is RuntimeError and "non-finite" in ours[0][1]
+            if TORCH_SPARSE_NORMS:
+                assert ours == _outcome(torch.nn.utils.clip_grad_norm_, _grads_of(tensors), 0.5, p, True)
+            for q, t in zip(params, tensors):
+                _assert_same_grad(q.grad, t)
+            with pytest.raises(RuntimeError, match="non-finite"):
+                get_total_norm(tensors, p, error_if_nonfinite=True)
+
+
+def test_sparse_grads_float16_beyond_range():
+    """A float16 sparse grad's norm is float32, as a dense one's: beyond float16's range it is finite
+    (torch 2.14 returns inf and then zeroes the grads). Duplicates are summed in the grad's dtype, as
+    torch coalesces them: a sum beyond float16's range is inf, in the grad as in its norm."""
+    big = _coo([[0, 0, 1]], [20000.0, 30000.0, 50000.0], (3,), torch.float16)  # ~50000 twice once coalesced
+    norm = get_total_norm([big])
+    assert norm.dtype == torch.float32 and math.isfinite(norm.item()) and norm.item() > 70000
+    torch.testing.assert_close(norm.double(), _definition_norm([big], 2.0), rtol=2e-5, atol=0)
+    params = _grads_of([big])
+    clip_grad_norm_(params, 1.0)
+    values = params[0].grad._values().float()
+    torch.testing.assert_close(values, big._values().float() / norm, **TOL[torch.float16])
+    overflow = _coo([[0, 0]], [40000.0, 40000.0], (2,), torch.float16)
+    assert overflow.coalesce().values().isinf().all() and get_total_norm([overflow]).isinf()
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_clip_grad_value_refuses_sparse_grads_as_torch():
+    """torch's clamp has no sparse kernel: clip_grad_value_ raises NotImplementedError for a sparse COO
+    grad and RuntimeError for a CSR one, on 2.13 and 2.14, after clamping the grads before it; we raise
+    the same type before any grad changes."""
+    for bad in (_embedding_grad(0), torch.randn(2, 3).to_sparse_csr()):
+        for foreach in (None, False, True):
+            def specs():
+                return [torch.randn(4, generator=torch.Generator().manual_seed(1)) * 3, bad]
+            with pytest.raises(Exception) as theirs:
+                torch.nn.utils.clip_grad_value_(_grads_of(specs()), 0.5, foreach=foreach)
+            params = _grads_of(specs())
+            with pytest.raises(theirs.type, match=rf"grads\[1\] has layout {bad.layout}"):
+                clip_grad_value_(params, 0.5, foreach=foreach)
+            for q, t in zip(params, specs()):
+                if t.layout == torch.sparse_coo:
+                    _assert_same_grad(q.grad, t)
+                elif t.layout == torch.strided:
+                    assert torch.equal(q.grad, t)
+    # Dense grads: torch's results.
+    ours, theirs = _params_with_grads(torch.float32, "cpu", seed=3), _params_with_grads(torch.float32, "cpu", seed=3)
+    clip_grad_value_(iter(ours), 0.25)
+    torch.nn.utils.clip_grad_value_(iter(theirs), 0.25)
+    _same_grads(ours, theirs)
+
+
+def test_sparse_grads_in_folded_clipping_are_refused():
+    """The optimizers refuse sparse grads (their fused kernels need dense ones), also with
+    max_grad_norm=, before anything changes."""
+    emb = torch.nn.Embedding(6, 3, sparse=True)
+    emb(torch.tensor([1, 1, 4])).sum().backward()
+    weight, grad = emb.weight.detach().clone(), emb.weight.grad.clone()
+    for name in ("SGD", "Adam", "Adagrad", "RMSprop"):
+        opt = getattr(fusedopt.optim, name)(emb.parameters(), lr=0.1, max_grad_norm=1.0)
+        with pytest.raises(RuntimeError, match="sparse gradient"):
+            opt.step()
+        assert torch.equal(emb.weight.detach(), weight)
+        _assert_same_grad(emb.weight.grad, grad)

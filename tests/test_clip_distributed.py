@@ -2,7 +2,7 @@
 processes on gloo: FSDP2's Shard(0), Replicate(), Shard(1), a mix of both in one list (what a
 tensor-parallel model has), Partial, a 2-D mesh, and the grads of an FSDP2 + tensor-parallel model
 (_StridedShard placements, each param on a mesh object of its own) and of a sequence-parallel one
-(Partial grads)."""
+(Partial grads). A sparse DTensor grad is refused."""
 
 from __future__ import annotations
 
@@ -147,6 +147,28 @@ def _check_sequence_parallel(mesh) -> None:
             torch.testing.assert_close(a.grad.full_tensor(), b.grad.full_tensor(), rtol=2e-5, atol=1e-7)
 
 
+def _check_sparse_dtensor_refused(mesh) -> None:
+    """A DTensor with a sparse COO local tensor (from_local cannot make one; DTensor's constructor can):
+    refused with a NotImplementedError naming the entry, before any grad changes (torch's
+    clip_grads_with_norm_ scales it, its norm fails)."""
+    import fusedopt
+    from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
+    from torch.distributed.tensor._dtensor_spec import DTensorSpec, TensorMeta
+    local = torch.sparse_coo_tensor(torch.tensor([[0, 0, 2]]), torch.tensor([1.0, 2.0, -5.0]), (4,))
+    spec = DTensorSpec(mesh, (Replicate(),), tensor_meta=TensorMeta(local.shape, (1,), local.dtype))
+    sparse = torch.nn.Parameter(distribute_tensor(torch.zeros(4), mesh, [Replicate()]))
+    sparse.grad = DTensor(local, spec, requires_grad=False)
+    dense = torch.nn.Parameter(distribute_tensor(torch.zeros(6), mesh, [Replicate()]))
+    dense.grad = distribute_tensor(torch.full((6,), 3.0), mesh, [Replicate()])
+    for call in (lambda: fusedopt.nn.utils.get_total_norm([dense.grad, sparse.grad]),
+                 lambda: fusedopt.nn.utils.clip_grad_norm_([dense, sparse], 0.5),
+                 lambda: fusedopt.nn.utils.clip_grads_with_norm_([dense, sparse], 0.5, torch.tensor(9.0))):
+        with pytest.raises(NotImplementedError, match=r"(tensors|grads)\[1\] is a DTensor with layout torch.sparse_coo"):
+            call()
+        assert torch.equal(dense.grad.to_local(), torch.full((6,), 3.0))
+        assert torch.equal(sparse.grad._local_tensor._values(), local._values())
+
+
 def _worker(rank: int, init_file: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -161,6 +183,7 @@ def _worker(rank: int, init_file: str) -> None:
         _check_layouts([torch.randn(s, generator=g) * 3 for s in SHAPES], mesh, mesh2d)
         _check_fsdp2_tp(mesh2d)
         _check_sequence_parallel(mesh)
+        _check_sparse_dtensor_refused(mesh)
         dist.barrier()  # neither rank tears its connections down while the other still uses them
     finally:
         dist.destroy_process_group()

@@ -267,10 +267,16 @@ def _check_no_empty_tensor(tensors: list, norm_type: float, foreach: bool | None
     values): _foreach_norm passes it on to linalg.vector_norm, so the message is _foreach_norm's only
     if the first empty tensor has no element at all (within one device and dtype that is torch's
     order; across them torch's order is that of a hash map, not followed here)."""
-    first = next((t for t in tensors if (_without_elements(t) if n_sparse else t.numel() == 0)), None)
-    if first is None:
+    if n_sparse:
+        first = next((t for t in tensors if _without_elements(t)), None)
+        if first is None:
+            return
+        no_element = first.numel() == 0
+    elif any(t.numel() == 0 for t in tensors):
+        no_element = True
+    else:
         return
-    if norm_type == _INF and foreach is not False and first.numel() == 0:
+    if norm_type == _INF and foreach is not False and no_element:
         raise RuntimeError("_foreach_norm cannot compute the infinity norm on an empty tensor because the "
                            "operation does not have an identity")
     raise RuntimeError(f"linalg.vector_norm cannot compute the {norm_type:g} norm on an empty tensor because "

@@ -109,16 +109,17 @@ def _without_elements(t: Tensor) -> bool:
     return t.numel() == 0 or (_is_sparse(t) and t._values().numel() == 0)
 
 
-def _local_norms(tensors: list[Tensor], norm_type: float) -> list[Tensor]:
-    """One fused norm per device, in order of first appearance, of the dense tensors; then one per
-    sparse tensor, of its coalesced values (torch 2.14's norm of a sparse tensor)."""
-    by_device: dict[torch.device, list[Tensor]] = {}
+def _local_norms(tensors: list[Tensor], norm_type: float, n_sparse: int = 0) -> list[Tensor]:
+    """One fused norm per device, in order of first appearance, of the dense tensors; then (n_sparse:
+    how many tensors are sparse COO) one per sparse tensor, of its coalesced values (torch 2.14's
+    norm of a sparse tensor)."""
     sparse = []
+    if n_sparse:
+        sparse = [t for t in tensors if _is_sparse(t)]
+        tensors = [t for t in tensors if not _is_sparse(t)]
+    by_device: dict[torch.device, list[Tensor]] = {}
     for t in tensors:
-        if _is_sparse(t):
-            sparse.append(t)
-        else:
-            by_device.setdefault(t.device, []).append(_dense(t))
+        by_device.setdefault(t.device, []).append(_dense(t))
     norms = [torch.ops.fusedopt.total_norm(ts, norm_type) for ts in by_device.values()]
     return norms + [torch.ops.fusedopt.total_norm([_sparse_values(t)], norm_type) for t in sparse]
 
@@ -322,7 +323,7 @@ def _total_norm(tensors: list, norm_type: float, error_if_nonfinite: bool,
     elif all_dense and one_device and not n_sparse:  # the common case: one fused call, no per-tensor Python
         total = torch.ops.fusedopt.total_norm(tensors, norm_type)
     else:
-        total = _combine(_local_norms(tensors, norm_type), norm_type, tensors[0].device)
+        total = _combine(_local_norms(tensors, norm_type, n_sparse), norm_type, tensors[0].device)
     if error_if_nonfinite and torch.logical_or(total.isnan(), total.isinf()):
         raise RuntimeError(
             f"The total norm of order {norm_type} for gradients from "
@@ -386,7 +387,10 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
         by_device.setdefault(g.device, []).append(g)
     for device, device_grads in by_device.items():
         norm = to_device(total_norm, device)
-        dense = [g for g in device_grads if not _is_sparse(g) and _fills_memory(g)]
+        if n_sparse:
+            dense = [g for g in device_grads if not _is_sparse(g) and _fills_memory(g)]
+        else:
+            dense = [g for g in device_grads if _fills_memory(g)]
         torch.ops.fusedopt.clip_by_total_norm_(dense, norm, max_norm)
         if len(dense) != len(device_grads):
             # Views with gaps in their memory and sparse tensors (their values, in place, as torch

@@ -785,7 +785,8 @@ def _grads_of(specs):
         if g is not None and g.layout not in (torch.strided, torch.sparse_coo):
             p = g.clone()  # (a dense param takes dense and sparse COO grads only)
         else:
-            p = torch.nn.Parameter(torch.zeros(g.shape if g is not None else (2,), dtype=getattr(g, "dtype", None)))
+            p = torch.nn.Parameter(torch.zeros(g.shape if g is not None else (2,), dtype=getattr(g, "dtype", None),
+                                               device=getattr(g, "device", None)))
         p.grad = None if g is None else g.clone()
         params.append(p)
     return params

@@ -240,16 +240,24 @@ def case_dcp(opt_name: str) -> None:
         compare(model.parameters(), expected, f"{source} checkpoint loaded into {cls.__module__}.{cls.__name__}")
 
 
-def case_grad_scaler(opt_name: str) -> None:
+def grad_scaler_runs(opt_name: str, make, train_with) -> list:
+    """[(model, final scale)] of the fusedopt optimizer and of torch's, each training make() with a
+    GradScaler through train_with(model, opt, scaler)."""
     fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
     runs = []
     for cls in (fused_cls, torch_cls):
-        model = fsdp2(make_model())
+        model = make()
         opt = cls(model.parameters(), **kwargs)
         scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
-        train(model, opt, scaler=scaler, poison_step=2)
+        train_with(model, opt, scaler)
         runs.append((model, scaler.get_scale()))
-    (model, scale), (twin, twin_scale) = runs
+    return runs
+
+
+def case_grad_scaler(opt_name: str) -> None:
+    _, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    (model, scale), (twin, twin_scale) = grad_scaler_runs(
+        opt_name, lambda: fsdp2(make_model()), lambda m, o, s: train(m, o, scaler=s, poison_step=2))
     assert scale == twin_scale, (scale, twin_scale)
     compare(model.parameters(), [full(p.detach()) for p in twin.parameters()], "GradScaler under FSDP2")
     # The poisoned step was skipped everywhere: the one-process run without it agrees.
@@ -520,9 +528,10 @@ def sequence_parallel(model: nn.Module) -> nn.Module:
                                "3": RowwiseParallel()})
 
 
-def train_sp(model, opt, sharded: bool, clip: tuple[float, float] | None = None) -> list[float]:
+def train_sp(model, opt, sharded: bool, clip: tuple[float, float] | None = None, scaler=None) -> list[float]:
     """Batches of (batch 4, sequence 4, features 8); sharded: each rank feeds its half of the
-    sequence. With clip, torch's clip_grad_norm_ before each step (returns its norms)."""
+    sequence. With clip, torch's clip_grad_norm_ before each step (returns its norms); with scaler,
+    steps through that GradScaler."""
     g = torch.Generator().manual_seed(3)
     norms = []
     for _ in range(STEPS):
@@ -530,10 +539,18 @@ def train_sp(model, opt, sharded: bool, clip: tuple[float, float] | None = None)
         if sharded:
             x = x.chunk(dist.get_world_size(), dim=1)[dist.get_rank()]
         opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
+        loss = nn.functional.mse_loss(model(x), y)
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
         if clip is not None:
             norms.append(float(full(torch.nn.utils.clip_grad_norm_(model.parameters(), *clip))))
-        opt.step()
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+            scaler.update()
     return norms
 
 
@@ -574,22 +591,8 @@ def case_sequence_parallel(opt_name: str) -> None:
 def case_sequence_parallel_grad_scaler(opt_name: str) -> None:
     """GradScaler with Partial grads: ours are reduced, unscaled in the kernel and written back (then
     Replicate), torch's unscaled where they are (Partial); same params, grads and scale."""
-    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
-    runs = []
-    for cls in (fused_cls, torch_cls):
-        model = sequence_parallel(make_sp_model())
-        opt = cls(model.parameters(), **kwargs)
-        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
-        g = torch.Generator().manual_seed(3)
-        for _ in range(STEPS):
-            x, y = torch.randn(4, 4, 8, generator=g), torch.randn(4, 4, 8, generator=g)
-            x = x.chunk(dist.get_world_size(), dim=1)[dist.get_rank()]
-            opt.zero_grad()
-            scaler.scale(nn.functional.mse_loss(model(x), y)).backward()
-            scaler.step(opt)
-            scaler.update()
-        runs.append((model, scaler.get_scale()))
-    (model, scale), (twin, twin_scale) = runs
+    (model, scale), (twin, twin_scale) = grad_scaler_runs(
+        opt_name, lambda: sequence_parallel(make_sp_model()), lambda m, o, s: train_sp(m, o, True, scaler=s))
     assert scale == twin_scale, (scale, twin_scale)
     compare(model.parameters(), [full(p.detach()) for p in twin.parameters()], "GradScaler, sequence parallel")
     compare([p.grad for p in model.parameters()], [full(p.grad) for p in twin.parameters()], "unscaled grads")

@@ -74,19 +74,27 @@ std::optional<DropoutGroups> groups_in_memory_order(const at::Tensor& x, int64_t
   return std::nullopt;
 }
 
-// dropout_into for dense x and output of x's strides (may be x), for any group_size: groups that x's
-// memory order does not keep in runs or channel-innermost rows go through contiguous copies.
-void dropout_in_layout(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p,
-                       int64_t group_size, const std::optional<int64_t>& seed,
-                       const std::optional<int64_t>& offset, DropoutDraw draw) {
+// compute(x, output, groups) in x's memory order, for dense x and output of x's strides (may be x);
+// groups that x's layout does not keep in runs or channel-innermost rows go through contiguous copies.
+template <class Compute>
+void in_memory_order(const at::Tensor& x, const at::Tensor& output, int64_t group_size, Compute compute) {
   if (const auto groups = groups_in_memory_order(x, group_size)) {
-    dropout_into(x, output, mask, p, *groups, seed, offset, draw);
+    compute(x, output, *groups);
     return;
   }
   const at::Tensor xc = x.contiguous();
   const at::Tensor oc = empty_large_output(xc, at::MemoryFormat::Contiguous);
-  dropout_into(xc, oc, mask, p, DropoutGroups{group_size, 0}, seed, offset, draw);
+  compute(xc, oc, DropoutGroups{group_size, 0});
   const_cast<at::Tensor&>(output).copy_(oc);
+}
+
+// dropout_into in x's memory order (in_memory_order), for any group_size.
+void dropout_in_layout(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p,
+                       int64_t group_size, const std::optional<int64_t>& seed,
+                       const std::optional<int64_t>& offset, DropoutDraw draw) {
+  in_memory_order(x, output, group_size, [&](const at::Tensor& in, const at::Tensor& out, DropoutGroups groups) {
+    dropout_into(in, out, mask, p, groups, seed, offset, draw);
+  });
 }
 
 }  // namespace
@@ -174,19 +182,18 @@ at::Tensor run_dropout_(at::Tensor& input, double p, int64_t group_size, const s
   check_dropout_inputs("dropout_", input, p, group_size, seed, offset);
   const c10::DeviceGuard guard(input.device());
   at::Tensor mask = at::empty({dropout_mask_bytes(input.numel(), group_size)}, input.options().dtype(at::kByte));
-  if (keep_layout && input.is_non_overlapping_and_dense()) {
-    dropout_in_layout(input, input, mask, p, group_size, seed, offset, draw);
-  } else if (keep_layout) {  // gaps or overlaps: through a dense copy (dropout_layout_strides)
-    at::Tensor x = empty_large_output_strided(input, dropout_layout_strides(input)).copy_(input);
-    dropout_in_layout(x, x, mask, p, group_size, seed, offset, draw);
-    input.copy_(x);
-  } else if (input.is_contiguous()) {
-    dropout_into(input, input, mask, p, DropoutGroups{group_size, 0}, seed, offset, draw);
-  } else {
-    at::Tensor x = input.contiguous();
-    dropout_into(x, x, mask, p, DropoutGroups{group_size, 0}, seed, offset, draw);
-    input.copy_(x);
+  // Computed where input is (keep_layout: any dense layout; else contiguous only), otherwise through a
+  // copy (keep_layout: laid out as dropout_layout_strides says) written back at the end.
+  at::Tensor x = input;
+  if (keep_layout ? !input.is_non_overlapping_and_dense() : !input.is_contiguous()) {
+    x = keep_layout ? empty_large_output_strided(input, dropout_layout_strides(input)).copy_(input) : input.contiguous();
   }
+  if (keep_layout) {
+    dropout_in_layout(x, x, mask, p, group_size, seed, offset, draw);
+  } else {
+    dropout_into(x, x, mask, p, DropoutGroups{group_size, 0}, seed, offset, draw);
+  }
+  if (!x.is_same(input)) input.copy_(x);
   return mask;
 }
 
@@ -215,14 +222,9 @@ at::Tensor run_dropout_backward(const at::Tensor& grad_output, const at::Tensor&
   const bool in_order = grad_output.is_non_overlapping_and_dense() &&
                         same_layout(grad_output.sizes(), grad_output.strides(), strides);
   const at::Tensor g = in_order ? grad_output : empty_large_output_strided(grad_output, strides).copy_(grad_output);
-  if (const auto groups = groups_in_memory_order(g, group_size)) {
-    apply(g, grad_input, mask, *groups, p);
-    return grad_input;
-  }
-  const at::Tensor gc = g.contiguous();
-  const at::Tensor oc = empty_large_output(gc, at::MemoryFormat::Contiguous);
-  apply(gc, oc, mask, DropoutGroups{group_size, 0}, p);
-  grad_input.copy_(oc);
+  in_memory_order(g, grad_input, group_size, [&](const at::Tensor& in, const at::Tensor& out, DropoutGroups groups) {
+    apply(in, out, mask, groups, p);
+  });
   return grad_input;
 }
 

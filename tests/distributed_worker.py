@@ -602,6 +602,56 @@ def case_sequence_parallel_grad_scaler(opt_name: str) -> None:
     compare([p.grad for p in model.parameters()], [full(p.grad) for p in twin.parameters()], "unscaled grads")
 
 
+def case_load_partial_state(opt_name: str) -> None:
+    """A checkpoint whose state is Partial where the param is Replicate (torch 2.14's SGD keeps a first
+    momentum buffer as clone(grad), Partial under sequence parallelism): load_state_dict reduces it to
+    the param's placements, and training goes on as from the same state Replicate, and as torch's
+    optimizer goes on from its own state."""
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+    fused_cls, torch_cls, kwargs = OPTIMIZERS[opt_name]
+    trained = sequence_parallel(make_sp_model())
+    twin_opt = torch_cls(trained.parameters(), **kwargs)
+    train_sp(trained, twin_opt, sharded=True)
+    start = [p.detach().clone() for p in trained.parameters()]
+    saved = copy.deepcopy(twin_opt.state_dict())
+    partial_saved = copy.deepcopy(saved)
+    made_partial = 0
+    for state in partial_saved["state"].values():
+        for key, value in state.items():
+            if isinstance(value, DTensor) and all(isinstance(q, Replicate) for q in value.placements):
+                # Sums to the same value over 2 ranks, exactly.
+                state[key] = DTensor.from_local(value.to_local() / dist.get_world_size(), value.device_mesh,
+                                                [Partial()] * len(value.placements), run_check=False,
+                                                shape=value.shape, stride=value.stride())
+            if isinstance(state[key], DTensor) and any(isinstance(q, Partial) for q in state[key].placements):
+                made_partial += 1
+    if kwargs.get("momentum", 0) == 0 and fused_cls is fusedopt.optim.SGD:
+        assert made_partial == 0
+        return
+    assert made_partial > 0, "no state of a replicated param to make Partial"
+
+    def resumed(state_dict):
+        model = sequence_parallel(make_sp_model())
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), start):
+                p.copy_(q)
+        opt = fused_cls(model.parameters(), **kwargs)
+        opt.load_state_dict(state_dict)
+        for i, p in enumerate(model.parameters()):
+            for key, value in opt.state[p].items():
+                if isinstance(value, DTensor):
+                    assert value.placements == p.placements, (i, key, value.placements, p.placements)
+        train_sp(model, opt, sharded=True)
+        return model
+
+    from_replicate, from_partial = resumed(saved), resumed(partial_saved)
+    train_sp(trained, twin_opt, sharded=True)
+    compare(from_partial.parameters(), [full(p.detach()) for p in from_replicate.parameters()],
+            "resumed from Partial state vs from the same state Replicate")
+    compare(from_partial.parameters(), [full(p.detach()) for p in trained.parameters()],
+            "resumed from Partial state vs torch resumed from its own")
+
+
 CASES = {
     "ddp": case_ddp,
     "fsdp2_folded_clip": case_fsdp2_folded_clip,
@@ -612,6 +662,7 @@ CASES = {
     "fsdp2_tp_folded_clip": case_fsdp2_tp_folded_clip,
     "sequence_parallel": case_sequence_parallel,
     "sequence_parallel_grad_scaler": case_sequence_parallel_grad_scaler,
+    "load_partial_state": case_load_partial_state,
     "fsdp2": case_fsdp2,
     "zero": case_zero,
     "dcp": case_dcp,

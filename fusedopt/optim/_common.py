@@ -80,7 +80,8 @@ def repair_layouts(collected, optimizer_state, state_dtype=None) -> dict[int, Te
 def is_partial_grad_of_replicated(param, grad) -> bool:
     """Whether DTensor grad is placed like DTensor param except for Partial where the param is
     Replicate: the grads of replicated params fed sharded activations (SequenceParallel's norm
-    layers). Asked by collect_group (csrc/python/local_shards.cpp) only when the placements differ."""
+    layers). Asked by collect_group (csrc/python/local_shards.cpp) only when the placements differ,
+    and of loaded state by reduce_partial_state."""
     from torch.distributed.tensor import Partial, Replicate
     if grad.device_mesh != param.device_mesh or len(grad.placements) != len(param.placements):
         return False
@@ -92,6 +93,23 @@ def is_partial_grad_of_replicated(param, grad) -> bool:
             return False
         differs = True
     return differs
+
+
+def reduce_partial_state(optimizer) -> None:
+    """Reduces loaded state that is Partial where its DTensor param is Replicate to the param's
+    placements (called by load_state_dict). torch 2.14's SGD keeps a first momentum buffer as
+    ``clone(grad)``, so under sequence parallelism its checkpoint holds Partial buffers; the fused
+    kernels need state placed like the param (collect_group raises otherwise). Walks the groups in
+    order, so every rank, loading the same structure, makes the same collectives in the same order."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state or not hasattr(p, "device_mesh"):
+                continue
+            for key, value in state.items():
+                if (torch.is_tensor(value) and hasattr(value, "device_mesh")
+                        and is_partial_grad_of_replicated(p, value)):
+                    state[key] = value.redistribute(p.device_mesh, p.placements)
 
 
 def reduce_partial_grads(collected: list) -> None:

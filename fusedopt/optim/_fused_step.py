@@ -44,6 +44,12 @@ class FusedStep:
             self.__dict__.setdefault(name, default)
         self.__dict__.setdefault("last_grad_norm", None)
 
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        # torch 2.14's SGD saves Partial momentum buffers under sequence parallelism; step() needs
+        # state placed like its param (every rank loads, so the all-reduces match).
+        _common.reduce_partial_state(self)
+
     def add_param_group(self, param_group: dict) -> None:
         """torch's add_param_group, except that a param listed twice in a group is an error (torch
         warns that it will be one, and steps such a param twice in a row). The fused kernel updates

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from fusedopt._dtypes import KERNEL_DTYPES
 from fusedopt._ops import batch_norm as _bn_ops
 from fusedopt._ops import dropout as _dropout_ops
 from fusedopt._ops.batch_norm import param_dtype
@@ -78,7 +79,6 @@ def _batch_norm_checked(input: Tensor, running_mean: Optional[Tensor], running_v
 # its output stays channels-last or transposed for the next layer); element-wise mask bits follow the
 # output's memory order, channel-wise ones are one per (n, c) whatever the layout.
 
-_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _check_p(p: float) -> None:
@@ -127,7 +127,7 @@ def _apply(input: Tensor, p: float, training: bool, inplace: bool, channel_wise:
     # torch returns the input itself when nothing is dropped, before looking at its shape.
     if p == 0 or not training or input.numel() == 0:
         return input
-    if p == 1 and (input.dtype not in _KERNEL_DTYPES or input.layout != torch.strided):
+    if p == 1 and (input.dtype not in KERNEL_DTYPES or input.layout != torch.strided):
         # torch drops everything as input * 0 before it looks at the dtype, layout or shape: zeros of
         # any dtype (integer, bool, complex) and layout, where the kernels take dense floats only. (For a
         # sparse input torch's multiplier is a sparse zero, and its result is garbage: a torch bug, not

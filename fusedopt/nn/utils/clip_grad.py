@@ -39,9 +39,9 @@ from torch import _prims_common
 
 from ... import _C
 from ..._device import to_device
+from ..._dtypes import KERNEL_DTYPES
 
 _tensor_or_tensors = typing.Union[Tensor, typing.Iterable[Tensor]]
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _INF = float("inf")
 
 
@@ -64,7 +64,7 @@ def _check_tensor(t, what: str, index: int) -> None:
         raise RuntimeError(f"{what}[{index}] is None; expected a Tensor")
     if not isinstance(t, Tensor):
         raise TypeError(f"{what}[{index}] is a {type(t).__name__}; expected a Tensor")
-    if t.dtype not in _SUPPORTED_DTYPES:
+    if t.dtype not in KERNEL_DTYPES:
         message = (f"{what}[{index}] has dtype {t.dtype}; fusedopt's clipping supports float32, float64, "
                    "float16 and bfloat16")
         if not (t.dtype.is_floating_point or t.dtype.is_complex):  # integer and bool dtypes
@@ -419,6 +419,11 @@ def clip_grad_norm_(
         parameters = list(parameters)
         if is_generator and len(parameters) == 0:
             warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
+    if isinstance(norm_type, str):  # "inf", which torch takes through float(); one that does not parse
+        try:                        # is refused below, in torch's order
+            norm_type = float(norm_type)
+        except ValueError:
+            pass
     if (not error_if_nonfinite and isinstance(norm_type, (int, float)) and isinstance(max_norm, (int, float))
             and norm_type != 0.0 and norm_type == norm_type and not torch.compiler.is_compiling()):
         # The common case (plain tensors with dense grads on one device) in C++, with no per-param

@@ -95,11 +95,15 @@ def main(argv=None) -> int:
     if skipped:
         print("\n" + harness.format_skipped(skipped))
     paths = harness.write_outputs(results, env, args.out, skipped)
-    import plots
-
-    with open(paths["jsonl"]) as f:
-        latest = json.loads(f.readlines()[-1])
-    pngs = plots.plot_run(latest, args.out, f"{args.device.split(':')[0]}-{args.dtype}")
+    try:
+        import plots
+    except ImportError as e:  # matplotlib: only the plots need it (`make bench` installs it)
+        plots, pngs = None, []
+        print(f"\nno plots ({e}; pip install matplotlib)")
+    if plots is not None:
+        with open(paths["jsonl"]) as f:
+            latest = json.loads(f.readlines()[-1])
+        pngs = plots.plot_run(latest, args.out, f"{args.device.split(':')[0]}-{args.dtype}")
     print(f"\nresults appended to {paths['jsonl']} and {paths['csv']}; plots: {', '.join(pngs) or 'none'}")
     if args.record:
         import report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import random
+from fractions import Fraction
 
 import pytest
 import torch
@@ -63,6 +64,26 @@ def test_cpu_bitwise_equal_to_torch_ops_with_exact_sqrt(dtype):
             assert torch.equal(p, q), (_combo_id(options), i, p.shape, (p - q).abs().max())
             assert opt.state[p]["step"].item() == state[id(q)]["step"]
             assert torch.equal(opt.state[p]["sum"], state[id(q)]["sum"])
+
+
+def test_cpu_clr_rounded_as_python():
+    """clr = lr / (1 + (step - 1) * lr_decay) with each operation rounded, as torch computes it in
+    Python: with this lr_decay, at step 6, a denominator contracted into an fma gives another clr, and
+    float64 params then differ in the last bits."""
+    lr, lr_decay = 0.05, 0.1282794438439714
+    fma_denominator = float(Fraction(5) * Fraction(lr_decay) + 1)  # 5 * lr_decay + 1, rounded once
+    assert lr / (1 + 5 * lr_decay) != lr / fma_denominator
+    p = torch.ones(3, dtype=torch.float64)
+    q = p.clone()
+    opt = fusedopt.optim.Adagrad([p], lr=lr, lr_decay=lr_decay, eps=1e-3)
+    state, gen = {}, torch.Generator().manual_seed(0)
+    for _ in range(8):
+        g = torch.randn(3, dtype=torch.float64, generator=gen)
+        p.grad = g.clone()
+        opt.step()
+        _mirror_step([q], [g], state, lr=lr, lr_decay=lr_decay, weight_decay=0.0, eps=1e-3, maximize=False,
+                     initial_accumulator_value=0.0)
+        assert torch.equal(p, q), (state[id(q)]["step"], (p - q).abs().max())
 
 
 def _run_parity(device, dtype, options, steps, seed, lr=None):

@@ -23,9 +23,10 @@ OPTION_COMBOS = [
     for a, m, wd, d in itertools.product([False, True], [False, True], [0.0, 0.05], [False, True])
     if not (d and wd == 0)
 ]
-# betas/eps variations, including beta1 >= 0.5 and < 0.5 (the two branches of ATen's lerp) and 0.
+# betas/eps variations, including beta1 >= 0.5 and < 0.5 (the two branches of ATen's lerp) and 0, and
+# 1 - beta1 just below 0.5 in double but 0.5 in float32 (ATen picks the branch on the float32 weight).
 BETAS_EPS = [((0.9, 0.999), 1e-8), ((0.5, 0.9), 1e-3), ((0.3, 0.99), 1e-6), ((0.0, 0.0), 1e-8),
-             ((0.95, 0.5), 0.1)]
+             ((0.95, 0.5), 0.1), ((0.50000001, 0.999), 1e-8)]
 
 
 def _combo_id(c):

@@ -14,13 +14,14 @@ struct AdagradHyper {
 };
 
 // torch's clr = lr / (1 + (step - 1) * lr_decay), evaluated as Python does: in double, each operation
-// rounded on its own (no contraction into an fma, which nvcc would otherwise do on the device).
-// `step` is the param's step count after this step's increment.
+// rounded on its own (no contraction into an fma, which nvcc would otherwise do on the device, and gcc
+// may do in the CPU kernels, built with -mfma). `step` is the param's step count after this step's
+// increment.
 FUSEDOPT_INLINE double adagrad_clr(double lr, double step, double lr_decay) {
 #if defined(__CUDA_ARCH__)
   return __ddiv_rn(lr, __dadd_rn(1.0, __dmul_rn(__dsub_rn(step, 1.0), lr_decay)));
 #else
-  return lr / (1 + (step - 1) * lr_decay);
+  return lr / (1 + mul_rounded(step - 1, lr_decay));
 #endif
 }
 

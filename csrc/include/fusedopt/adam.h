@@ -50,11 +50,12 @@ FUSEDOPT_INLINE AdamScalars<S> adam_scalars(const AdamHyper& h, double lr, const
   AdamScalars<S> s;
   s.weight_decay = S(h.weight_decay);
   s.decay_factor = S(1 - mul_rounded(lr, h.weight_decay));  // as torch's Python float: product rounded
-  const double weight = 1 - h.beta1;
   // ATen's lerp: start + w * (end - start) for |w| < 0.5, else end + (w - 1) * (end - start), with w
-  // (and w - 1) in the math type.
-  s.lerp_from_m = (weight < 0 ? -weight : weight) < 0.5;
-  s.lerp_coeff = s.lerp_from_m ? S(weight) : S(S(weight) - S(1));
+  // (and w - 1) in the math type, and the branch chosen on w in the math type too: 1 - beta1 just
+  // below 0.5 in double can round to 0.5 in float.
+  const S weight = S(1 - h.beta1);
+  s.lerp_from_m = (weight < S(0) ? -weight : weight) < S(0.5);
+  s.lerp_coeff = s.lerp_from_m ? weight : S(weight - S(1));
   s.beta2 = S(h.beta2);
   s.one_minus_beta2 = S(1 - h.beta2);
   s.bias_correction2_sqrt = S(bc.bias_correction2_sqrt);

@@ -93,8 +93,8 @@ FUSEDOPT_INLINE void rmsprop_step(T& param, T& grad, T& square_avg, T& momentum_
   rmsprop_update<kMomentum, kCentered>(param, grad, square_avg, momentum_buf, grad_avg, c);
 }
 
-// Lists of an rmsprop_ call: bit 0 params, 1 grads, 2 square_avgs, 3 momentum_buffers, 4 grad_avgs,
-// 5 state_steps (never walked elementwise; the step counts are incremented by the entry points).
+// Lists of an rmsprop_ call's update: bit 0 params, 1 grads, 2 square_avgs, 3 momentum_buffers,
+// 4 grad_avgs. The step counts are a view of their own, incremented by the entry points.
 FUSEDOPT_INLINE constexpr unsigned rmsprop_read_mask(bool momentum, bool centered) {
   return 0b00111u | (momentum ? 0b01000u : 0u) | (centered ? 0b10000u : 0u);
 }

@@ -620,14 +620,15 @@ FOLDED_OPTIMIZERS = {
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(FOLDED_OPTIMIZERS))
-@pytest.mark.parametrize("p", [2.0, INF])
+@pytest.mark.parametrize("p", [2.0, INF, 0.0])
 @pytest.mark.parametrize("grad_scaler", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_folded_clipping_every_optimizer(device, name, p, grad_scaler, dtype):
     """<Optimizer>(max_grad_norm=...) equals clip_grad_norm_ then torch's step, with GradScaler too
-    (where the norm is that of the unscaled grads). The grads keep their values without GradScaler and
-    are left unscaled and clipped with it (as scaler.unscale_ + clip_grad_norm_ leave torch's).
-    float64 to float64 rounding: the folded divisor is float64 then."""
+    (where the norm is that of the unscaled grads; the 0-"norm", a count, is not divided by the scale).
+    The grads keep their values without GradScaler and are left unscaled and clipped with it (as
+    scaler.unscale_ + clip_grad_norm_ leave torch's). float64 to float64 rounding: the folded divisor
+    is float64 then."""
     if grad_scaler and device != "cpu":
         pytest.skip("the CPU GradScaler is enough to check the folded unscale")
     make_ours, make_theirs = FOLDED_OPTIMIZERS[name]

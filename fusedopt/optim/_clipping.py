@@ -76,7 +76,7 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
         sharded = [p.grad for entry in collected for p in entry[1].params]
         norm = get_total_norm(sharded, norm_type)
         norm = norm.to_local() if hasattr(norm, "to_local") else norm
-        return _scales(optimizer, devices, norm, grad_scale, max_norm)
+        return _scales(optimizer, devices, norm, grad_scale, max_norm, norm_type)
     if not devices:
         optimizer.last_grad_norm = torch.tensor(0.0)
         return {}
@@ -85,12 +85,13 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
         norm = _C.collected_total_norm([entry[1] for entry in collected], norm_type)
     if norm is None:
         norm = get_total_norm([g for entry in collected for g in entry[1].grads], norm_type)
-    return _scales(optimizer, devices, norm, grad_scale, max_norm)
+    return _scales(optimizer, devices, norm, grad_scale, max_norm, norm_type)
 
 
 def _scales(optimizer, devices: list[torch.device], norm: Tensor, grad_scale: Tensor | None,
-            max_norm: float) -> dict[torch.device, Tensor]:
-    if grad_scale is not None:
+            max_norm: float, norm_type: float) -> dict[torch.device, Tensor]:
+    # Every p-norm scales with the grads, except the 0-"norm" (torch's count of nonzero elements).
+    if grad_scale is not None and norm_type != 0.0:
         norm = norm / to_device(grad_scale, norm.device)
     optimizer.last_grad_norm = norm
     clip_coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)

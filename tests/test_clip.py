@@ -670,6 +670,21 @@ def test_folded_clipping_every_optimizer(device, name, p, grad_scaler, dtype):
                 assert torch.equal(a.grad, g)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_part_of_a_mixed_list_is_folded_in_float32(device):
+    """float32 tensors are folded in float32 also beside float64 ones (the parts then combined in
+    float64), on every device: a p-th power past float32's range overflows as it does without the
+    float64 tensor (CUDA folded every element in float64 when any tensor was float64)."""
+    big = torch.tensor([1e4], device=device)
+    one = torch.ones(3, dtype=torch.float64, device=device)
+    alone = torch.ops.fusedopt.total_norm([big], 10.0)
+    mixed = torch.ops.fusedopt.total_norm([big, one], 10.0)
+    assert torch.isinf(alone) and alone.dtype == torch.float32
+    assert torch.isinf(mixed) and mixed.dtype == torch.float64
+    small = torch.tensor([3.0, 4.0], device=device)  # within range: the same norm either way
+    assert torch.ops.fusedopt.total_norm([small, one * 0], 2.0).item() == 5.0
+
+
 def test_folded_clipping_norm_over_groups_is_get_total_norm():
     """With max_grad_norm the step takes the norm of every group's collected grads in one C++ call
     (_C.collected_total_norm) when they are dense on one device, else through get_total_norm; either

@@ -36,15 +36,20 @@ struct NormTable {
 static_assert(sizeof(NormTable) + sizeof(double) + sizeof(void*) <= 32764, "kernel parameters exceed 32764 bytes");
 
 // This thread's elements of [begin, end) of one tensor (every kNormThreads-th), folded in order. Typed
-// per tensor, so the loop has no per-element dtype branch and its loads can be issued ahead.
+// per tensor, so the loop has no per-element dtype branch and its loads can be issued ahead. Folded in
+// the tensor's math type (float32 for float32/half/bfloat16), as on the CPU, and only then widened to
+// acc_t (float64 when the list also holds float64 tensors): float32 grads overflow (p-th powers past
+// float32's range) on both devices alike.
 template <NormKind K, typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t fold_thread(const void* base, int64_t begin, int64_t end, acc_t pv) {
+__device__ __forceinline__ acc_t fold_thread(const void* base, int64_t begin, int64_t end, double p) {
+  using op_t = at::opmath_type<scalar_t>;
   const scalar_t* x = static_cast<const scalar_t*>(base);
-  acc_t acc = norm_identity<acc_t>(K);
+  const op_t pv = static_cast<op_t>(p);
+  op_t acc = norm_identity<op_t>(K);
   for (int64_t i = begin + threadIdx.x; i < end; i += kNormThreads) {
-    acc = norm_accumulate<K>(acc, acc_t(static_cast<at::opmath_type<scalar_t>>(x[i])), pv);
+    acc = norm_accumulate<K>(acc, static_cast<op_t>(x[i]), pv);
   }
-  return acc;
+  return static_cast<acc_t>(acc);
 }
 
 // Folds shared[0..kNormThreads) into shared[0] in a fixed tree order.
@@ -72,14 +77,13 @@ __global__ void __launch_bounds__(kNormThreads)
   }
   const int64_t begin = int64_t(chunk - table.first_chunk[lo]) * kNormChunk;
   const int64_t end = min(table.numel[lo], begin + kNormChunk);
-  const acc_t pv = acc_t(p);
   const void* base = table.ptr[lo];
   acc_t acc;
   switch (table.dtype[lo]) {
-    case 0: acc = fold_thread<K, acc_t, float>(base, begin, end, pv); break;
-    case 1: acc = fold_thread<K, acc_t, double>(base, begin, end, pv); break;
-    case 2: acc = fold_thread<K, acc_t, at::Half>(base, begin, end, pv); break;
-    default: acc = fold_thread<K, acc_t, at::BFloat16>(base, begin, end, pv); break;
+    case 0: acc = fold_thread<K, acc_t, float>(base, begin, end, p); break;
+    case 1: acc = fold_thread<K, acc_t, double>(base, begin, end, p); break;
+    case 2: acc = fold_thread<K, acc_t, at::Half>(base, begin, end, p); break;
+    default: acc = fold_thread<K, acc_t, at::BFloat16>(base, begin, end, p); break;
   }
   const acc_t total = block_combine<K>(acc, shared);
   if (threadIdx.x == 0) partials[table.partial_offset + chunk] = total;

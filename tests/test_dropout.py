@@ -256,6 +256,12 @@ def test_identity_cases_and_p_one():
     assert unpack(mask, 13).all() and mask[-1].item() == 0b11111
     _, mask = ops.dropout(torch.randn(13), 1.0)
     assert not unpack(mask, 13).any()
+    # An empty input draws nothing through the op either (torch's dropout returns before drawing).
+    for device in ["cpu"] + (["cuda"] if HAS_CUDA else []):
+        state = torch.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state()
+        out, mask = ops.dropout(torch.empty(0, 3, device=device), 0.5)
+        assert out.shape == (0, 3) and mask.numel() == 0
+        assert torch.equal(state, torch.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state())
 
 
 def test_non_contiguous_inputs_give_contiguous_outputs_in_logical_order():

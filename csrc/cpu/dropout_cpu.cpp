@@ -44,6 +44,7 @@ DropoutRng resolve_rng(const std::optional<int64_t>& seed, const std::optional<i
 void dropout_draw(const at::Tensor& x, const at::Tensor& output, at::Tensor& mask, double p, DropoutGroups groups,
                   const std::optional<int64_t>& seed, const std::optional<int64_t>& offset) {
   const int64_t n = x.numel();
+  if (n == 0) return;  // draws nothing, as torch's dropout and the CUDA path: the generator stays put
   const DropoutRng rng = resolve_rng(seed, offset, p);
   uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
   if (groups.size == 1) {

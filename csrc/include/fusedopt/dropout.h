@@ -1,6 +1,7 @@
 // Dropout masks from Philox4x32-10 (fusedopt/philox.h), shared by the CPU and CUDA kernels.
 //
-// Element i of a call (in row-major logical order, whatever the tensor's strides) is kept when the
+// Element i of a call (in the order the call walks its elements: memory order for the layouts taken
+// where they are, see DropoutGroups below, else row-major logical order) is kept when the
 // 32-bit word i % 4 of Philox(key = seed, counter = {offset/4 (64 bit), subsequence = i / 4 (64 bit)})
 // is below `threshold`. That is torch's own mapping for curand_init(seed, subsequence, offset): block k
 // of four elements draws exactly the four numbers a torch CUDA thread with subsequence k would, which

@@ -80,7 +80,6 @@ def _batch_norm_checked(input: Tensor, running_mean: Optional[Tensor], running_v
 # output's memory order, channel-wise ones are one per (n, c) whatever the layout.
 
 
-
 def _check_p(p: float) -> None:
     if p < 0.0 or p > 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")

@@ -106,7 +106,7 @@ def reduce_partial_state(optimizer) -> None:
             state = optimizer.state.get(p)
             if not state or not hasattr(p, "device_mesh"):
                 continue
-            for key, value in state.items():
+            for key, value in list(state.items()):
                 if (torch.is_tensor(value) and hasattr(value, "device_mesh")
                         and is_partial_grad_of_replicated(p, value)):
                     state[key] = value.redistribute(p.device_mesh, p.placements)

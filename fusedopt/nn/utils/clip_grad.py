@@ -387,10 +387,7 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
         by_device.setdefault(g.device, []).append(g)
     for device, device_grads in by_device.items():
         norm = to_device(total_norm, device)
-        if n_sparse:
-            dense = [g for g in device_grads if not _is_sparse(g) and _fills_memory(g)]
-        else:
-            dense = [g for g in device_grads if _fills_memory(g)]
+        dense = [g for g in device_grads if not _is_sparse(g) and _fills_memory(g)]
         torch.ops.fusedopt.clip_by_total_norm_(dense, norm, max_norm)
         if len(dense) != len(device_grads):
             # Views with gaps in their memory and sparse tensors (their values, in place, as torch

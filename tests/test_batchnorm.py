@@ -663,3 +663,173 @@ def test_sync_batchnorm_without_process_group_is_batchnorm():
     x = torch.randn(3, 4, 5, 5, generator=gen)
     assert_close(sync(x), ref(x), torch.float32)
     assert_close(sync[0].running_var, ref.running_var, torch.float32)
+    # As torch's, an existing SyncBatchNorm is rebuilt with the process group it is given.
+    group = object()  # only stored: without torch.distributed initialised no collective runs
+    rebuilt = fnn.SyncBatchNorm.convert_sync_batchnorm(sync, process_group=group)
+    assert rebuilt[0].process_group is group
+    assert rebuilt[0].weight is sync[0].weight and rebuilt[0].running_var is sync[0].running_var
+    ref_rebuilt = torch.nn.SyncBatchNorm.convert_sync_batchnorm(torch.nn.SyncBatchNorm(4), process_group=group)
+    assert ref_rebuilt.process_group is group
+
+
+def test_sync_batchnorm_checks_batch_size_before_eps_as_torch():
+    for cls in (torch.nn.SyncBatchNorm, fnn.SyncBatchNorm):
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            cls(3, eps=0)(torch.randn(1, 3))
+
+
+def _sliced_channels_last(shape, part, gen):
+    """A channels-last(_3d) tensor of `shape` that is not dense: every other element along dim `part`
+    of one twice as long there."""
+    big = list(shape)
+    big[part] *= 2
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    index = [slice(None)] * len(shape)
+    index[part] = slice(None, None, 2)
+    return torch.randn(big, generator=gen).contiguous(memory_format=fmt)[tuple(index)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape,part", [((4, 3, 4, 5), 0), ((2, 6, 3, 4), 1), ((3, 3, 4, 2), 2),
+                                        ((2, 3, 2, 3, 4), 0), ((2, 3, 2, 3, 4), 4)], ids=str)
+def test_sliced_channels_last_input_keeps_torchs_layout(shape, part, training, device):
+    """A slice of a channels-last input is neither contiguous nor channels-last-contiguous; torch keeps
+    its suggested format (channels-last) for the output, and so do we (we made it contiguous)."""
+    gen = torch.Generator().manual_seed(11)
+    x = _sliced_channels_last(shape, part, gen).to(device)
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    ref, ours = make_pair(shape, torch.float32, device, gen)
+    ref.train(training)
+    ours.train(training)
+    out = run_train_step(ref, ours, x, torch.float32, gen)
+    expected = ref(x)
+    assert out.stride() == expected.stride()
+    # The fake (torch.compile's view of the op) says the same.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        op = torch.ops.fusedopt.batch_norm_train if training else torch.ops.fusedopt.batch_norm_elemt
+        args = (fake, None, None, 1e-5) if training else (fake, None, None, torch.zeros(shape[1]),
+                                                          torch.ones(shape[1]), 1e-5)
+        fake_out = op(*args)
+        fake_out = fake_out[0] if training else fake_out
+    assert fake_out.stride() == out.stride()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_input_in_eval_is_torchs(device):
+    """torch returns input.clone() (times weight[0], plus bias[0]) for an empty input before it looks at
+    the other arguments' sizes, in eval as in training."""
+    cases = [
+        (lambda: torch.nn.BatchNorm2d(3), torch.randn(0, 3, 5, 5).to(memory_format=torch.channels_last)),
+        (lambda: torch.nn.BatchNorm2d(0, affine=False), torch.randn(2, 0, 3, 3)),
+    ]
+    for make, x in cases:
+        ref = make().to(device).eval()
+        ours = FUSED[type(ref)](ref.num_features, affine=ref.affine).to(device).eval()
+        x = x.to(device)
+        out, expected = ours(x), ref(x)
+        assert out.shape == expected.shape and out.stride() == expected.stride()
+    # functional, with running stats of the wrong size (torch never looks at them for an empty input)
+    x = torch.randn(0, 3, 3, device=device)
+    stats = torch.zeros(5, device=device), torch.ones(5, device=device)
+    assert fnn.functional.batch_norm(x, *stats).shape == torch.nn.functional.batch_norm(x, *stats).shape
+
+
+def test_training_argument_type_is_torchs():
+    x = torch.randn(3, 2)
+    for training in (1, 0.0, None):
+        with pytest.raises(TypeError) as ours:
+            fnn.functional.batch_norm(x, None, None, training=training)
+        with pytest.raises(TypeError) as ref:
+            torch.nn.functional.batch_norm(x, None, None, training=training)
+        assert str(ours.value) == str(ref.value)
+
+
+def test_functional_batch_norm_takes_torch_function():
+    """Tensor subclasses and TorchFunctionModes see one batch_norm call, as with torch's."""
+    from torch.overrides import TorchFunctionMode
+
+    class Record(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(4, 3)
+    with Record() as mode:
+        fnn.functional.batch_norm(x, None, None, training=True)
+    assert mode.calls[0] is fnn.functional.batch_norm
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert type(fnn.functional.batch_norm(x.as_subclass(Sub), None, None, training=True)) is Sub
+
+
+def test_fx_traces_the_modules_as_leaves():
+    """torch.fx.symbolic_trace keeps torch.nn's BatchNorm and Dropout as leaves; ours are one node each
+    too, so the traced graph follows train()/eval() afterwards, as the module does."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), fnn.BatchNorm2d(4), fnn.Dropout(0.5),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 9, 6), fnn.BatchNorm1d(6))
+    reference = copy.deepcopy(model)
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(5, 3, 3, 3)
+    for training in (True, False):
+        traced.train(training)
+        reference.train(training)
+        torch.manual_seed(1)
+        out = traced(x)
+        torch.manual_seed(1)
+        assert torch.equal(out, reference(x))
+    assert torch.equal(traced.get_submodule("1").running_mean, reference[1].running_mean)
+    sync = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(3, 3), fnn.SyncBatchNorm(3)))
+    torch.testing.assert_close(sync(torch.ones(4, 3) * torch.arange(4.0).view(4, 1)).mean(0), torch.zeros(3),
+                               atol=1e-6, rtol=0)
+
+
+def test_forward_ad_and_torch_func_are_torchs():
+    """Our autograd is a C++ autograd Function, which has no forward-mode rule and cannot be transformed
+    by torch.func: the functional (and so the modules) compute with torch's batch_norm then, and the
+    op itself raises on an input with a tangent rather than dropping it."""
+    import torch.autograd.forward_ad as fwAD
+
+    gen = torch.Generator().manual_seed(12)
+    x, t = torch.randn(5, 3, 4, generator=gen), torch.randn(5, 3, 4, generator=gen)
+    w, b = torch.rand(3, generator=gen) + 0.5, torch.randn(3, generator=gen)
+    for training in (True, False):
+        stats = (torch.randn(3, generator=gen), torch.rand(3, generator=gen) + 0.5)
+
+        def ours(x, w):
+            return fnn.functional.batch_norm(x, *(s.clone() for s in stats), w, b, training=training)
+
+        def ref(x, w):
+            return torch.nn.functional.batch_norm(x, *(s.clone() for s in stats), w, b, training=training)
+
+        tangent = torch.func.jvp(ours, (x, w), (t, torch.ones(3)))[1]
+        assert tangent.abs().sum() > 0
+        torch.testing.assert_close(tangent, torch.func.jvp(ref, (x, w), (t, torch.ones(3)))[1])
+        torch.testing.assert_close(torch.func.grad(lambda x: ours(x, w).pow(2).sum())(x),
+                                   torch.func.grad(lambda x: ref(x, w).pow(2).sum())(x))
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x, t)
+            torch.testing.assert_close(fwAD.unpack_dual(ours(dual, w)).tangent, fwAD.unpack_dual(ref(dual, w)).tangent)
+            with pytest.raises(NotImplementedError, match="batch_norm_train: forward-mode AD is not supported"):
+                torch.ops.fusedopt.batch_norm_train(dual, None, None, 1e-5)
+            with pytest.raises(NotImplementedError, match="batch_norm_elemt: forward-mode AD is not supported"):
+                torch.ops.fusedopt.batch_norm_elemt(dual, None, None, *stats, 1e-5)
+    # modules under torch.func (eval: functorch forbids the running-stats update of a captured buffer)
+    ref_m, ours_m = make_pair((4, 3), torch.float32, "cpu", gen)
+    ref_m.eval()
+    ours_m.eval()
+    x = torch.randn(4, 3, generator=gen)
+
+    def loss(m):
+        return lambda x: torch.func.functional_call(m, dict(m.named_parameters()), (x,)).pow(2).sum()
+
+    torch.testing.assert_close(torch.func.grad(loss(ours_m))(x), torch.func.grad(loss(ref_m))(x))

@@ -812,3 +812,29 @@ def test_p_one_on_a_sparse_input_gives_zeros():
         assert (ours is target) == inplace
         assert ours.layout == torch.sparse_coo and ours.shape == x.shape and not ours.to_dense().any()
     assert torch.nn.functional.dropout(x, 1.0).layout == torch.sparse_coo
+
+
+@pytest.mark.parametrize("fn", ["dropout", "dropout1d", "dropout2d", "dropout3d"])
+def test_forward_ad_and_torch_func_use_torchs_dropout(fn):
+    """Our autograd (a C++ autograd Function) has no forward-mode rule and cannot be transformed by
+    torch.func, so under either the functionals run torch's own dropout: same RNG state, same mask as
+    torch's. The op itself raises on an input with a tangent instead of dropping it."""
+    import torch.autograd.forward_ad as fwAD
+
+    ours, ref = getattr(FF, fn), getattr(torch.nn.functional, fn)
+    shape = {"dropout": (6, 7), "dropout1d": (3, 4, 5), "dropout2d": (2, 3, 4, 5), "dropout3d": (2, 3, 2, 2, 3)}[fn]
+    x = torch.rand(shape) + 0.5
+    t = torch.randn(shape)
+    torch.manual_seed(3)
+    expected = ref(x, 0.4)
+    torch.manual_seed(3)
+    grad = torch.func.grad(lambda x: ours(x, 0.4).sum())(x)
+    torch.testing.assert_close(grad, expected / x)
+    with fwAD.dual_level():
+        torch.manual_seed(3)
+        out = ours(fwAD.make_dual(x, t), 0.4)
+        primal, tangent = fwAD.unpack_dual(out)
+        torch.testing.assert_close(primal, expected)
+        torch.testing.assert_close(tangent, t * expected / x)
+        with pytest.raises(NotImplementedError, match="fusedopt::dropout: forward-mode AD is not supported"):
+            torch.ops.fusedopt.dropout(fwAD.make_dual(x, t), 0.4)

@@ -15,6 +15,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/library.h>
 
+#include "common/forward_ad.h"
 #include "common/op_signatures.h"
 
 namespace fusedopt {
@@ -194,6 +195,7 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
 
 sig::Tensor3 train_autograd(const Tensor& input, const std::optional<Tensor>& weight,
                             const std::optional<Tensor>& bias, double eps) {
+  check_no_tangents("batch_norm_train", input, weight, bias);
   if (!records(input, weight, bias)) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     return train_op().call(input, weight, bias, eps);
@@ -204,6 +206,7 @@ sig::Tensor3 train_autograd(const Tensor& input, const std::optional<Tensor>& we
 
 Tensor elemt_autograd(const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
                       const Tensor& mean, const Tensor& var, double eps) {
+  check_no_tangents("batch_norm_elemt", input, weight, bias, mean, var);
   if (!records(input, weight, bias)) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     return elemt_op().call(input, weight, bias, mean, var, eps);

@@ -43,6 +43,11 @@ BnLayout bn_layout(const at::Tensor& input, const char* op, const char* arg) {
   } else if (cl) {
     l.input = input;
     l.channels_last = true;
+  } else if (input.dim() >= 4 && input.suggest_memory_format() != at::MemoryFormat::Contiguous) {
+    // A channels-last input that is not dense (a slice of one): copied in its own format, so the output
+    // stays channels-last, as torch's does (it keeps suggest_memory_format()).
+    l.input = input.contiguous(input.suggest_memory_format());
+    l.channels_last = true;
   } else {
     l.input = input.contiguous();
     l.channels_last = l.S == 1;

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "common/dropout_checks.h"
+#include "common/forward_ad.h"
 #include "common/op_signatures.h"
 
 namespace fusedopt {
@@ -103,6 +104,7 @@ struct DropoutBackward : torch::autograd::Function<DropoutBackward> {
 // ADInplaceOrView, which counts the write in input's version, as torch's in-place ops do).
 std::tuple<at::Tensor, at::Tensor> dropout_autograd(const at::Tensor& input, double p, int64_t group_size,
                                                     OptInt seed, OptInt offset, bool keep_layout) {
+  check_no_tangents("dropout", input);
   if (!records(input)) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     return dropout_op().call(input, p, group_size, seed, offset, keep_layout);
@@ -113,6 +115,7 @@ std::tuple<at::Tensor, at::Tensor> dropout_autograd(const at::Tensor& input, dou
 
 at::Tensor dropout_inplace_autograd(at::Tensor& input, double p, int64_t group_size, OptInt seed,
                                     OptInt offset, bool keep_layout) {
+  check_no_tangents("dropout_", input);
   if (!records(input)) {
     const at::AutoDispatchBelowAutograd below_autograd;
     return dropout_inplace_op().call(input, p, group_size, seed, offset, keep_layout);
@@ -127,6 +130,7 @@ at::Tensor dropout_inplace_autograd(at::Tensor& input, double p, int64_t group_s
 
 at::Tensor dropout_backward_autograd(const at::Tensor& grad_output, const at::Tensor& mask, double p,
                                      int64_t group_size, at::OptionalIntArrayRef output_strides) {
+  check_no_tangents("dropout_backward", grad_output);
   if (!records(grad_output)) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     return dropout_backward_op().call(grad_output, mask, p, group_size, output_strides);

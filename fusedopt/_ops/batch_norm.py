@@ -13,15 +13,25 @@ def param_dtype(input: Tensor) -> torch.dtype:
     return torch.float64 if input.dtype == torch.float64 else torch.float32
 
 
+try:  # Tensor.suggest_memory_format() for fake tensors (torch 2.13 and later)
+    from torch._prims_common import suggest_memory_format as _suggest_memory_format
+except ImportError:  # older torch: the fake then says contiguous where the kernel keeps channels-last
+    def _suggest_memory_format(input: Tensor) -> torch.memory_format:
+        return torch.contiguous_format
+
+
 def _output_like(input: Tensor) -> Tensor:
-    # The kernels keep contiguous and channels-last inputs' layouts; any other strides are made
-    # contiguous first.
+    # The kernels keep contiguous and channels-last inputs' layouts, and copy any other strides into
+    # the format torch suggests for them (channels-last for a slice of a channels-last tensor), as
+    # csrc/common/batch_norm_checks.cpp does.
     if input.is_contiguous():
         fmt = torch.contiguous_format
     elif input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
         fmt = torch.channels_last
     elif input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
         fmt = torch.channels_last_3d
+    elif input.dim() >= 4:
+        fmt = _suggest_memory_format(input)
     else:
         fmt = torch.contiguous_format
     return torch.empty_like(input, memory_format=fmt)

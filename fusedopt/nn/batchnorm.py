@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _fx
 from . import functional as F
 from ._batch_norm_autograd import SyncBatchNormTrain, check_eps, verify_batch_size
 
@@ -32,6 +33,9 @@ class _FusedBatchNormForward:
         return None, None
 
     def forward(self, input: Tensor) -> Tensor:
+        return _fx.call_forward(self, input)
+
+    def _fused_forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         bn_training = self._uses_batch_stats()
         if bn_training:
@@ -66,14 +70,14 @@ class SyncBatchNorm(_FusedBatchNormForward, torch.nn.SyncBatchNorm):
     give exactly the statistics of the global batch; backward all-reduces the two per-channel sums.
     Otherwise (eval, one rank, no process group) it is BatchNorm on the local batch."""
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _fused_forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         bn_training = self._uses_batch_stats()
-        check_eps(self.eps, bn_training)
         world_size, group = self._sync_group() if bn_training else (1, None)
         if world_size == 1:
-            return super().forward(input)
+            return super()._fused_forward(input)  # torch's order of checks: batch size, then eps
+        check_eps(self.eps, bn_training)
         factor = self._averaging_factor()
         running_mean, running_var = self._stats_buffers()
         from .._ops.batch_norm import param_dtype
@@ -96,7 +100,8 @@ class SyncBatchNorm(_FusedBatchNormForward, torch.nn.SyncBatchNorm):
         """Returns `module` with every BatchNorm*D (torch's or fusedopt's) replaced by a fusedopt
         SyncBatchNorm sharing its parameters and buffers, as torch.nn.SyncBatchNorm.convert_sync_batchnorm."""
         out = module
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
+        # As torch, a SyncBatchNorm is rebuilt too, so that it takes process_group.
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             out = cls(module.num_features, module.eps, module.momentum, module.affine,
                       module.track_running_stats, process_group)
             if module.affine:

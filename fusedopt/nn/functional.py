@@ -7,8 +7,9 @@ import warnings
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
-from torch.overrides import handle_torch_function, has_torch_function_unary
+from torch.overrides import handle_torch_function, has_torch_function_unary, has_torch_function_variadic
 
 from fusedopt._dtypes import KERNEL_DTYPES
 from fusedopt._ops import batch_norm as _bn_ops
@@ -20,6 +21,24 @@ from ._batch_norm_autograd import check_eps, update_running_stats, values_per_ch
 __all__ = ["batch_norm", "dropout", "dropout1d", "dropout2d", "dropout3d"]
 
 
+# ---- torch.func transforms and forward-mode AD --------------------------------------------------------
+
+
+def _needs_torchs_autograd(*tensors: Optional[Tensor]) -> bool:
+    """Whether these inputs are under a torch.func transform (grad, vjp, jacrev, vmap, ...) or carry
+    forward-mode AD tangents. The autograd of our ops is a C++ torch::autograd::Function, which neither
+    supports: the functions below then compute with torch's own batch_norm/dropout (same semantics; a
+    direct call of the op raises instead, csrc/common/forward_ad.h). Constant False under
+    torch.compile, which traces our ops."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return True
+    if _forward_ad._current_level < 0:  # outside any forward_ad.dual_level()
+        return False
+    return any(isinstance(t, Tensor) and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
 # ---- batch norm ------------------------------------------------------------------------------------
 
 
@@ -29,6 +48,12 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     """torch.nn.functional.batch_norm on fusedopt's fused kernels (one reduction pass and one
     elementwise pass forward, the same backward). Running statistics are updated in place when given
     and training."""
+    if has_torch_function_variadic(input, running_mean, running_var, weight, bias):
+        return handle_torch_function(batch_norm, (input, running_mean, running_var, weight, bias), input,
+                                     running_mean, running_var, weight=weight, bias=bias, training=training,
+                                     momentum=momentum, eps=eps)
+    if not isinstance(training, bool):
+        raise TypeError(f"batch_norm(): argument 'training' (position 6) must be bool, not {_type_name(training)}")
     if input.dim() < 2:
         raise ValueError(f"batch_norm: expected input with at least 2 dimensions (N, C, ...), got {input.dim()}-d")
     if training:
@@ -49,15 +74,19 @@ def _batch_norm_checked(input: Tensor, running_mean: Optional[Tensor], running_v
                        eps: float) -> Tensor:
     """batch_norm once its arguments are checked (the modules check them themselves, before
     num_batches_tracked changes)."""
-    if training and input.numel() == 0:
-        # As torch: no statistics of an empty batch (they would be NaN) and no running-stats update; the
-        # output stays in the graph of weight and bias (zero grads, not None).
+    if input.numel() == 0:
+        # As torch, in training and eval alike, before it looks at the sizes of the other arguments: no
+        # statistics of an empty batch (they would be NaN) and no running-stats update; the output keeps
+        # the input's layout and stays in the graph of weight and bias (zero grads, not None).
         out = input.clone()
         if weight is not None:
             out = out * weight[0]
         if bias is not None:
             out = out + bias[0]
         return out
+    if _needs_torchs_autograd(input, weight, bias):
+        return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
+                                              eps)
     # Weights and statistics enter the kernels in the math dtype (float32, float64 for float64 input).
     pdtype = param_dtype(input)
     w = weight.to(pdtype) if weight is not None else None
@@ -153,6 +182,8 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     input, as torch's is."""
     if has_torch_function_unary(input):
         return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
+    if _needs_torchs_autograd(input):
+        return torch.nn.functional.dropout(input, p, training, inplace)
     _check_p(p)
     _check_call("dropout", input, p, training, inplace)
     return _apply(input, p, training, inplace, channel_wise=False)
@@ -176,6 +207,8 @@ def dropout1d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
     """As :func:`torch.nn.functional.dropout1d`: channel-wise, on (N, C, L) or (C, L) inputs."""
     if has_torch_function_unary(input):
         return handle_torch_function(dropout1d, (input,), input, p=p, training=training, inplace=inplace)
+    if _needs_torchs_autograd(input):
+        return torch.nn.functional.dropout1d(input, p, training, inplace)
     _check_p(p)
     inp_dim = input.dim()
     if inp_dim not in (2, 3):
@@ -192,6 +225,8 @@ def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
     (N, C, L) with a warning, as torch does."""
     if has_torch_function_unary(input):
         return handle_torch_function(dropout2d, (input,), input, p=p, training=training, inplace=inplace)
+    if _needs_torchs_autograd(input):
+        return torch.nn.functional.dropout2d(input, p, training, inplace)
     _check_p(p)
     inp_dim = input.dim()
     if inp_dim not in (3, 4):
@@ -217,6 +252,8 @@ def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
     """As :func:`torch.nn.functional.dropout3d`: channel-wise on (N, C, D, H, W) or (C, D, H, W)."""
     if has_torch_function_unary(input):
         return handle_torch_function(dropout3d, (input,), input, p=p, training=training, inplace=inplace)
+    if _needs_torchs_autograd(input):
+        return torch.nn.functional.dropout3d(input, p, training, inplace)
     _check_p(p)
     inp_dim = input.dim()
     if inp_dim not in (4, 5):

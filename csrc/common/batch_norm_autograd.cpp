@@ -207,6 +207,10 @@ sig::Tensor3 train_autograd(const Tensor& input, const std::optional<Tensor>& we
 Tensor elemt_autograd(const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
                       const Tensor& mean, const Tensor& var, double eps) {
   check_no_tangents("batch_norm_elemt", input, weight, bias, mean, var);
+  // As torch's batch norm: running statistics are never differentiated, so one that requires grad is refused.
+  TORCH_CHECK(!at::GradMode::is_enabled() || !(mean.requires_grad() || var.requires_grad()),
+              "fusedopt::batch_norm_elemt: mean and var are not differentiable (running statistics), but ",
+              mean.requires_grad() ? "mean" : "var", " requires grad; detach it");
   if (!records(input, weight, bias)) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     return elemt_op().call(input, weight, bias, mean, var, eps);
@@ -226,7 +230,30 @@ void update_running_stats_below_autograd(c10::DispatchKeySet keys, const std::op
 
 }  // namespace
 
+// The Autograd kernel of the pieces with no derivative (statistics and the backward's reductions, which
+// SyncBatchNorm and the backward above call below autograd): with grad mode on and an input that
+// requires grad they raise, where torch's autograd fallback would only warn and return outputs whose
+// gradients never reach the inputs.
+void not_differentiable(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  if (at::GradMode::is_enabled()) {
+    const auto& args = op.schema().arguments();
+    const size_t first = stack->size() - args.size();
+    for (size_t i = 0; i < args.size(); ++i) {
+      const c10::IValue& arg = (*stack)[first + i];
+      TORCH_CHECK(!(arg.isTensor() && arg.toTensor().requires_grad()), op.schema().name(), ": ", args[i].name(),
+                  " requires grad, but this op has no derivative; use fusedopt.nn.functional.batch_norm "
+                  "(differentiable) or call it under torch.no_grad()");
+    }
+  }
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+
 TORCH_LIBRARY_IMPL(fusedopt, Autograd, m) {
+  for (const char* name : {"batch_norm_stats", "batch_norm_backward_reduce", "batch_norm_backward_elemt",
+                           "batch_norm_train_backward"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&not_differentiable>());
+  }
   m.impl("batch_norm_train", &train_autograd);
   m.impl("batch_norm_elemt", &elemt_autograd);
   m.impl("batch_norm_update_running_stats_", &update_running_stats_below_autograd);

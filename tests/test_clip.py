@@ -1277,3 +1277,45 @@ def test_sparse_grads_in_folded_clipping_are_refused():
             opt.step()
         assert torch.equal(emb.weight.detach(), weight)
         _assert_same_grad(emb.weight.grad, grad)
+
+
+def test_clip_grads_with_norm_per_grad_path_broadcasts_a_one_element_norm():
+    """With foreach=False torch multiplies grad by grad (g.mul_(coef)), which broadcasts: a one-element
+    total_norm of no more dimensions than the grads works there as a 0-dim one (its foreach path and
+    ours refused it). Norms of more elements stay refused (torch's result then depends on broadcasting
+    against each grad's shape)."""
+    specs = [torch.randn(3), torch.randn(2, 2), None, torch.randn(4, 1, 2)]
+    for total_norm in (torch.tensor([5.0]), torch.tensor([[5.0]], dtype=torch.float64), torch.tensor([0.5])):
+        ours_p, theirs_p = _grads_of(specs), _grads_of(specs)
+        ours = _outcome(clip_grads_with_norm_, ours_p, 1.0, total_norm, foreach=False)
+        theirs = _outcome(torch.nn.utils.clip_grads_with_norm_, theirs_p, 1.0, total_norm, foreach=False)
+        if total_norm.dim() > 1:  # a (1, 1) coefficient cannot be written into the 1-d grad: both raise
+            assert ours[0][0] is theirs[0][0] is RuntimeError
+        else:
+            assert ours == theirs
+        _same_grads(ours_p, theirs_p)
+
+
+def test_an_expanded_grad_is_refused_before_any_grad_is_scaled():
+    """torch scales grads in list order and its in-place mul_ refuses an expanded grad (elements sharing
+    memory). We scale the dense grads in one call first, so the expanded one is checked before that:
+    the call raises torch's error and leaves every grad as it was. (torch too, when the expanded grad
+    comes first; when it comes later, torch has already scaled the ones before it, which we do not
+    follow: a rejected call modifies nothing.)"""
+    for expanded_first in (True, False):
+        def params():
+            dense = torch.nn.Parameter(torch.zeros(4))
+            dense.grad = torch.full((4,), 5.0)
+            expanded = torch.nn.Parameter(torch.zeros(4, 3))
+            expanded.grad = torch.arange(4.0).view(4, 1).expand(4, 3)
+            return [expanded, dense] if expanded_first else [dense, expanded]
+
+        for fn, ref in ((clip_grad_norm_, torch.nn.utils.clip_grad_norm_),
+                        (lambda ps, m: clip_grads_with_norm_(ps, m, torch.tensor(20.0)),
+                         lambda ps, m: torch.nn.utils.clip_grads_with_norm_(ps, m, torch.tensor(20.0)))):
+            ours_p, theirs_p, untouched = params(), params(), params()
+            ours, theirs = _outcome(fn, ours_p, 1.0), _outcome(ref, theirs_p, 1.0)
+            assert ours == theirs and ours[0][0] is RuntimeError
+            _same_grads(ours_p, untouched)
+            if expanded_first:
+                _same_grads(theirs_p, untouched)

@@ -347,6 +347,11 @@ def clip_grads_with_norm_(
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     grads = [p.grad for p in parameters if p.grad is not None]
+    if (foreach is False and isinstance(total_norm, Tensor) and total_norm.dim() > 0 and total_norm.numel() == 1
+            and all(g.dim() >= total_norm.dim() for g in grads)):
+        # torch's per-grad path (foreach=False) multiplies by the coefficient with broadcasting, so a
+        # one-element total_norm works there as a 0-dim one would (its foreach path refuses it).
+        total_norm = total_norm.reshape(())
     _clip_grads(grads, float(max_norm), total_norm)
 
 
@@ -385,6 +390,11 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
     by_device: dict[torch.device, list[Tensor]] = {}
     for g in grads:
         by_device.setdefault(g.device, []).append(g)
+        # torch's in-place mul_ refuses a grad whose elements share memory (an expanded one); refused here
+        # before any grad is scaled, where torch, going through the list in order, has scaled none either.
+        if not _is_sparse(g) and not _fills_memory(g) and torch._debug_has_internal_overlap(g) == 1:
+            raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to a "
+                               "single memory location. Please clone() the tensor before performing the operation.")
     for device, device_grads in by_device.items():
         norm = to_device(total_norm, device)
         dense = [g for g in device_grads if not _is_sparse(g) and _fills_memory(g)]

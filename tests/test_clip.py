@@ -1319,3 +1319,44 @@ def test_an_expanded_grad_is_refused_before_any_grad_is_scaled():
             _same_grads(ours_p, untouched)
             if expanded_first:
                 _same_grads(theirs_p, untouched)
+
+
+@pytest.mark.parametrize("make", [lambda ps, **kw: fusedopt.optim.SGD(ps, lr=0.1, momentum=0.9, **kw),
+                                  lambda ps, **kw: fusedopt.optim.SGD(ps, lr=0.1, **kw)]
+                         + [make for make, _ in FOLDED_OPTIMIZERS.values()],
+                         ids=["SGD-momentum", "SGD"] + list(FOLDED_OPTIMIZERS))
+def test_skipped_steps_log_their_norm(make):
+    """A step GradScaler skips logs that step's norm (inf) in last_grad_norm, also the first step of a
+    param, which would create state (those skip on the host and returned before the norm was taken:
+    last_grad_norm stayed None, or the previous step's after add_param_group)."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = make([p], max_grad_norm=1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    p.grad = torch.tensor([INF, 1.0, 1.0])
+    scaler.scale(torch.ones(()))
+    scaler.step(opt)
+    assert opt.last_grad_norm.isinf() and torch.equal(p.detach(), torch.ones(3))
+    p.grad = torch.tensor([12.0, 16.0, 0.0])  # scaled by 4: the norm of the unscaled grads is 5
+    scaler.update()
+    scaler.scale(torch.ones(()))
+    scaler._scale.fill_(4.0)
+    scaler.step(opt)
+    assert opt.last_grad_norm.item() == pytest.approx(5.0)
+    q = torch.nn.Parameter(torch.ones(2))
+    opt.add_param_group({"params": [q]})
+    q.grad = torch.tensor([INF, 0.0])
+    p.grad = torch.tensor([4.0, 0.0, 0.0])
+    scaler.update()
+    scaler.scale(torch.ones(()))
+    scaler.step(opt)
+    assert opt.last_grad_norm.isinf()
+
+
+def test_an_entry_that_is_no_tensor_raises_torchs_exception_type():
+    """torch reads tensors[0].device first (AttributeError for anything but a tensor there); later it
+    refuses None with a RuntimeError and other objects with a TypeError."""
+    for tensors in ([None, torch.ones(2)], [1.0], ["a", torch.ones(2)], [torch.ones(2), None], [torch.ones(2), 1.0]):
+        with pytest.raises(Exception) as ref:
+            torch.nn.utils.get_total_norm(tensors)
+        with pytest.raises(ref.type):
+            get_total_norm(tensors)

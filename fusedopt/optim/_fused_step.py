@@ -127,11 +127,12 @@ class FusedStep:
                 collected.append((group, c, step_fixes))
         _common.reduce_partial_grads(collected)
         grad_scale, found_inf = _common.grad_scaler_tensors(self)
+        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device. Computed
+        # before a skip too, so that last_grad_norm is this step's (inf/nan) on every skipped step.
+        scales = _clipping.step_grad_scales(self, collected, grad_scale)
         if found_inf is not None and self._skip_needs_sync(collected) and found_inf.item() != 0:
             return loss
 
-        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device.
-        scales = _clipping.step_grad_scales(self, collected, grad_scale)
         write_grads = grad_scale is not None
         moved: dict = {}
         for group, c, step_fixes in collected:

@@ -54,12 +54,16 @@ def _dtensor_type():
 
 
 def _check_tensor(t, what: str, index: int) -> None:
-    # Where torch.nn.utils raises too, the exception is of its type: a None entry, an integer or bool
-    # dtype (RuntimeError), a floating dtype without norm kernels such as float8 (NotImplementedError).
+    # Where torch.nn.utils raises too, the exception is of its type: a first entry that is no tensor
+    # (AttributeError), a later None entry, an integer or bool dtype (RuntimeError), a later non-tensor
+    # (TypeError), a floating dtype without norm kernels such as float8 (NotImplementedError).
     # Sparse COO tensors pass (taken by the Python path, as torch 2.14 takes them). The other refusals
     # are fusedopt's own: torch takes complex tensors and devices other than CPU and CUDA, scales
     # sparse compressed (CSR, ...) grads in clip_grads_with_norm_, and fails in the norm of one with a
     # RuntimeError of its internals.
+    if index == 0 and not isinstance(t, Tensor):  # torch reads tensors[0].device first
+        raise AttributeError(f"{what}[0] is {'None' if t is None else 'a ' + type(t).__name__}; expected a Tensor "
+                             f"('{type(t).__name__}' object has no attribute 'device')")
     if t is None:
         raise RuntimeError(f"{what}[{index}] is None; expected a Tensor")
     if not isinstance(t, Tensor):

@@ -285,3 +285,24 @@ def test_lookups_are_reused_only_while_nothing_changed():
     _step(ours, refs, opt, ref, gen)
     assert _lookups(opt).reuses == 5
     _assert_same(ours, refs, opt, ref)
+
+
+class _TensorSubclass(torch.Tensor):
+    """A Python subclass of Tensor, as DTensor (FSDP2's params) is one: isinstance on it calls into
+    Python."""
+
+
+def test_long_group_of_tensor_subclass_params():
+    """A long group is read on worker threads that do not hold the GIL; params and states of a tensor
+    subclass must not be type-checked there with isinstance (it allocates Python objects, and such
+    concurrent allocations corrupted the interpreter's heap: a segfault in the SGD benchmark on
+    DTensors)."""
+    ours, refs, opt, ref = _pair(LONG)
+    opt.param_groups[0]["params"] = ours = [p.as_subclass(_TensorSubclass) for p in ours]
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(WARM_STEPS + 8):
+        _step(ours, refs, opt, ref, gen)
+        for p in ours[::7]:  # states of the subclass too
+            opt.state[p]["exp_avg"] = opt.state[p]["exp_avg"].as_subclass(_TensorSubclass)
+    assert all(type(p) is _TensorSubclass for p in ours)
+    _assert_same(ours, refs, opt, ref)

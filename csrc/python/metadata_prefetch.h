@@ -6,7 +6,8 @@
 // a time meets it as a chain of dependent cache misses per param (object -> TensorImpl -> autograd
 // metadata -> grad -> ...), each waiting for the one before. These helpers are short loops over a
 // block of params that follow one more pointer per param per loop and prefetch what it points to, so
-// the CPU overlaps the misses of many params. Reads and prefetches only.
+// the CPU overlaps the misses of many params. Reads and prefetches only, and no Python API
+// call: safe on threads without the GIL.
 #pragma once
 
 #include <cstdint>
@@ -37,8 +38,13 @@ inline const c10::StorageImpl* storage_impl(const c10::TensorImpl* t) {
   return t->unsafe_storage().unsafeGetStorageImpl();
 }
 
+// Null for anything but a Tensor or Parameter object. Only their exact types are compared: these
+// helpers also run on threads that do not hold the GIL (collect_group's parallel read), where
+// THPVariable_Check's isinstance may call into Python (it allocates a bound __instancecheck__ for every
+// Parameter or subclass object) and corrupt the interpreter's heap. Subclasses (DTensor) are not
+// prefetched.
 inline c10::TensorImpl* tensor_impl_or_null(PyObject* obj) {
-  return obj != nullptr && THPVariable_Check(obj) ? THPVariable_Unpack(obj).unsafeGetTensorImpl() : nullptr;
+  return obj != nullptr && THPVariable_CheckExact(obj) ? THPVariable_Unpack(obj).unsafeGetTensorImpl() : nullptr;
 }
 
 // The grad of a tensor object (what Tensor.grad returns, without its non-leaf warning), null when it

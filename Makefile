@@ -1,5 +1,5 @@
 # Entry points that work on a fresh machine (Python 3.10+, a C++ compiler; nvcc for the CUDA build).
-#   make test        build fusedopt into .venv (CPU build of torch) and run the tests
+#   make test        build fusedopt into .venv (torch $(TORCH_CPU)) and run the tests
 #   make test-cpu-variants  the kernel tests again on the AVX2 and DEFAULT CPU kernels (make test runs the
 #                    best variant this CPU has)
 #   make bench       build and run the benchmarks on the best device present
@@ -9,7 +9,8 @@
 #   make cuda-wheel  a manylinux CUDA wheel (wheelhouse/), against torch $(TORCH_CUDA)
 #   make wheel-check install the CPU wheel into a fresh venv outside the source tree and smoke-test it
 #   make cuda-wheel-check  the CUDA wheel (sm_90 only unless TORCH_CUDA_ARCH_LIST says otherwise) imports
-#                    and works (CPU ops) with the CUDA torch; the CPU wheel fails readably against it
+#                    and works (CPU ops) with the CUDA torch; the CPU wheel (built first if missing)
+#                    fails readably against it
 # Variables: PYTHON, TORCH_CPU, TORCH_CUDA, PYTEST_ARGS, BENCH_ARGS, and setup.py's build switches
 # (FUSEDOPT_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS, FUSEDOPT_CPU_CAPABILITIES).
 
@@ -88,6 +89,7 @@ cuda-wheel-check: $(VENV_CUDA)/.deps
 		$$(ls -t wheelhouse/fusedopt-*+cu[0-9]*torch*.whl | head -1)
 	cd /tmp && PYTHONPATH=/tmp/fusedopt-cuda-wheel EXPECT_CUDA_KERNELS=1 \
 		$(CURDIR)/$(VENV_CUDA)/bin/python $(CURDIR)/tools/wheel_smoke.py
+	ls wheelhouse/fusedopt-*+cputorch*.whl >/dev/null 2>&1 || $(MAKE) wheel
 	$(VENV_CUDA)/bin/python -m pip install -q --no-deps --target /tmp/fusedopt-cpu-wheel-other-torch \
 		$$(ls -t wheelhouse/fusedopt-*+cputorch*.whl | head -1)
 	cd /tmp && PYTHONPATH=/tmp/fusedopt-cpu-wheel-other-torch \

@@ -34,7 +34,7 @@ class Float32Reference:
     This is the math fused kernels do for float16/bfloat16: load, compute in float32, store rounded.
     torch's own fused CPU SGD is not usable as the reference there: in torch 2.13 it returns wrong
     values for float16/bfloat16 tensors longer than one SIMD register (see
-    test_half_precision_where_torch_fused_cpu_is_wrong)."""
+    test_half_precision_follows_float32_math)."""
 
     def __init__(self, params, dtype, **kwargs):
         self.dtype = dtype

@@ -106,12 +106,16 @@ def main(argv=None) -> int:
         pngs = plots.plot_run(latest, args.out, f"{args.device.split(':')[0]}-{args.dtype}")
     print(f"\nresults appended to {paths['jsonl']} and {paths['csv']}; plots: {', '.join(pngs) or 'none'}")
     if args.record:
-        import report
-
         record = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{args.record}.jsonl")
         os.makedirs(os.path.dirname(record), exist_ok=True)
         with open(paths["jsonl"]) as src, open(record, "a") as dst:
             dst.write(src.readlines()[-1])
+        print(f"recorded in {record}")
+        try:
+            import report
+        except ImportError as e:  # report.py draws the recorded runs' plots: matplotlib
+            print(f"RESULTS.md not regenerated ({e}): pip install matplotlib, then python benchmarks/report.py")
+            return 0
         report.main()
     return 0
 

@@ -155,6 +155,21 @@ def test_every_element_counted_once(device, dtype):
         assert torch.ops.fusedopt.total_norm(tensors[:1], INF).item() == expected_max, n
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_scale_writes_every_element_once(device):
+    # The CPU scale walks each thread's slice backwards in blocks of 16,384 elements (multi_tensor_cpu.h):
+    # lengths around the block size and the thread split, unaligned starts, float32 and float16.
+    sizes = [1, 16383, 16384, 16385, 70001, 5, 333333, 32769]
+    tensors = []
+    for i, n in enumerate(sizes):
+        base = torch.arange(n + 1, device=device).remainder(97).to(torch.float16 if i % 3 == 1 else torch.float32)
+        tensors.append(base[1:])  # storage offset 1
+    expected = [t * (1.0 / (2.0 + 1e-6)) for t in tensors]
+    torch.ops.fusedopt.clip_by_total_norm_(tensors, torch.tensor(2.0, device=device), 1.0)
+    for t, e, n in zip(tensors, expected, sizes):
+        assert torch.equal(t, e), n
+
+
 def test_deterministic_across_thread_counts():
     tensors = [torch.randn(n) for n in (1, 70001, 333333, 5, 262144)] + [torch.randn(99999).half()]
     threads = torch.get_num_threads()

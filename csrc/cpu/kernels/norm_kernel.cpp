@@ -140,7 +140,7 @@ void scale_kernel(const TensorListsView<1>& lists, double factor) {
       vectorized_map<0b1u, 0b1u>(typed_slice<scalar_t>(lists, i, begin), end - begin,
                                  [&](V& x) { x = x * f; }, next_arrays(lists, i));
     });
-  });
+  }, SliceOrder::kBackward);  // the norm just read these grads forward: start where it ended
 }
 
 }  // namespace cpu::CPU_CAPABILITY

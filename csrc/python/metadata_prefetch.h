@@ -40,8 +40,8 @@ inline const c10::StorageImpl* storage_impl(const c10::TensorImpl* t) {
 
 // Null for anything but a Tensor or Parameter object. Only their exact types are compared: these
 // helpers also run on threads that do not hold the GIL (collect_group's parallel read), where
-// THPVariable_Check's isinstance may call into Python (it allocates a bound __instancecheck__ for every
-// Parameter or subclass object) and corrupt the interpreter's heap. Subclasses (DTensor) are not
+// THPVariable_Check's isinstance calls into Python for a tensor subclass (DTensor) or a non-tensor (it
+// allocates a bound __instancecheck__) and can corrupt the interpreter's heap. Subclasses are not
 // prefetched.
 inline c10::TensorImpl* tensor_impl_or_null(PyObject* obj) {
   return obj != nullptr && THPVariable_CheckExact(obj) ? THPVariable_Unpack(obj).unsafeGetTensorImpl() : nullptr;

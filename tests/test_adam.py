@@ -649,6 +649,9 @@ OP_ERRORS = [
     ("found_inf_numel", lambda l: None, dict(found_inf=torch.zeros(2)), "found_inf has 2 elements"),
     ("grad_scale_dtype", lambda l: None, dict(grad_scale=torch.tensor(2.0, dtype=torch.float16)),
      "grad_scale has dtype Half; expected float32 or float64"),
+    ("grad_scale_numel", lambda l: None, dict(grad_scale=torch.ones(3)),
+     "grad_scale has 3 elements; expected 1 element \\(the divisor\\) or 2 contiguous ones"),
+    ("grad_scale_strided", lambda l: None, dict(grad_scale=torch.ones(4)[::2]), "grad_scale has 2 elements \\(not contiguous\\)"),
     ("master_dtype", lambda l: None, dict(master_params=[torch.ones(5), torch.ones(3)]), "expected float16 or bfloat16 params"),
 ]
 
@@ -677,6 +680,8 @@ def _opcheck_samples(device):
     yield (mk(), mk(), mk(), sq(), [], steps()), _op_kwargs(
         amsgrad=False, lr_tensor=torch.tensor(0.3, device=device), grad_scale=torch.tensor(4.0, device=device),
         found_inf=torch.tensor(0.0, device=device))
+    yield (mk(), mk(), mk(), sq(), [], steps()), _op_kwargs(  # folded clipping's [scale, coefficient]
+        amsgrad=False, grad_scale=torch.tensor([4.0, 0.5], device=device), write_grads=False)
     yield (mk(torch.bfloat16), mk(torch.bfloat16), mk(), sq(), sq(), steps()), _op_kwargs(master_params=mk())
 
 

@@ -687,6 +687,104 @@ def test_folded_clipping_every_optimizer(device, name, p, grad_scaler, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(FOLDED_OPTIMIZERS) + ["SGD"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad_scaler", [False, True])
+def test_folded_clipping_of_a_norm_near_the_float32_limit(device, name, dtype, grad_scaler):
+    """A finite norm near float32's limit (an inf-norm; a float32 2-norm overflows past ~1.8e19) with
+    max_norm < 1: the kernels get (grad_scale or 1) and clip_coef as two factors, as torch applies
+    them (unscale, then clip). One divisor (grad_scale or 1) / clip_coef overflowed float32 here, and
+    the update took zero grads where torch takes the clipped ones."""
+    if grad_scaler and device != "cpu":
+        pytest.skip("the CPU GradScaler is enough to check the folded unscale")
+    make_ours, make_theirs = FOLDED_OPTIMIZERS.get(name, (
+        lambda ps, **kw: fusedopt.optim.SGD(ps, lr=0.1, momentum=0.9, **kw),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, foreach=False)))
+    gen = torch.Generator().manual_seed(3)
+    values = [torch.randn(n, generator=gen) * 1e37 for n in (5, 33, 1)]
+    values[0][0] = 2e38  # the inf-norm; 1 / clip_coef = norm / 0.1 is past float32's range
+    scale = 1024.0 if grad_scaler else 1.0
+    ours, theirs = [], []
+    for v in values:
+        a = torch.nn.Parameter(torch.randn(v.shape, generator=gen).to(dtype=dtype, device=device))
+        b = torch.nn.Parameter(a.detach().clone())
+        # With GradScaler the scaled grads are the huge ones (a finite scaled norm is all it checks).
+        a.grad = (v / 1024.0 * scale if grad_scaler else v).to(dtype=dtype, device=device)
+        b.grad = a.grad.clone()
+        ours.append(a)
+        theirs.append(b)
+    initial = [b.detach().clone() for b in theirs]
+    max_norm = 0.1
+    opt = make_ours(ours, max_grad_norm=max_norm, grad_norm_type=INF)
+    ref = make_theirs(theirs)
+    if grad_scaler:
+        s_ours = torch.amp.GradScaler("cpu", init_scale=scale)
+        s_theirs = torch.amp.GradScaler("cpu", init_scale=scale)
+        s_ours.scale(torch.ones(())), s_theirs.scale(torch.ones(()))
+        s_ours.step(opt)
+        s_theirs.unscale_(ref)
+        n = torch.nn.utils.clip_grad_norm_(theirs, max_norm, INF)
+        s_theirs.step(ref)
+    else:
+        opt.step()
+        n = torch.nn.utils.clip_grad_norm_(theirs, max_norm, INF)
+        ref.step()
+    assert torch.isfinite(n)
+    torch.testing.assert_close(opt.last_grad_norm.double(), n.double(), rtol=1e-5, atol=0)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else TOL[dtype]
+    # torch's clipped grads move the params (zero grads would not)
+    assert not all(torch.equal(b.detach(), before) for b, before in zip(theirs, initial))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.detach(), b.detach(), **tol)
+        if grad_scaler:  # left unscaled and clipped, as scaler.unscale_ + clip_grad_norm_ leave them
+            torch.testing.assert_close(a.grad, b.grad, **tol)
+
+
+def _optimizer_op_call(name, device, dtype):
+    """(lists, kwargs) of one call of torch.ops.fusedopt.<name>_ over three params of dtype."""
+    gen = torch.Generator().manual_seed(8)
+    shapes = [(5,), (37,), ()]
+    mk = lambda: [torch.randn(s, generator=gen).to(dtype=dtype, device=device) for s in shapes]  # noqa: E731
+    pos = lambda: [torch.rand(s, generator=gen).to(dtype=dtype, device=device) for s in shapes]  # noqa: E731
+    steps = lambda: [torch.full((), 2.0, device=device) for _ in shapes]  # noqa: E731
+    if name == "sgd":
+        return (mk(), mk(), mk()), dict(lr=0.1, weight_decay=0.01, momentum=0.9, dampening=0.0,
+                                        nesterov=True, maximize=False, is_first_step=False)
+    if name == "adam":
+        return (mk(), mk(), mk(), pos(), pos(), steps()), dict(
+            lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=True, maximize=False,
+            decoupled_weight_decay=True, master_params=[])
+    if name == "rmsprop":
+        square_avgs = [1 + t for t in pos()]  # above grad_avg ** 2: centered's sqrt stays real
+        return (mk(), mk(), square_avgs, mk(), [t / 4 for t in pos()], steps()), dict(
+            lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.01, momentum=0.9, centered=True, maximize=False)
+    return (mk(), mk(), pos(), steps()), dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, eps=1e-10,
+                                              maximize=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop", "adagrad"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_two_factor_grad_scale_divides_then_multiplies(device, name, dtype):
+    """grad_scale = [s, c] (folded clipping) takes each grad as g / s * c, to the bit: the written
+    grads equal torch's (g / s) * c, and the update equals the op's on those grads without a scale.
+    s = 3 is not a power of two, so a kernel that multiplied by 1 / s or by c / s would differ."""
+    op = getattr(torch.ops.fusedopt, name + "_")
+    lists, kwargs = _optimizer_op_call(name, device, dtype)
+    factors = torch.tensor([3.0, 0.3], dtype=dtype, device=device)
+    expected_grads = [g / factors[0] * factors[1] for g in lists[1]]
+    plain = [[t.clone() for t in ts] for ts in lists]
+    plain[1] = [g.clone() for g in expected_grads]
+    op(*lists, **kwargs, grad_scale=factors)
+    op(*plain, **kwargs)
+    for g, e in zip(lists[1], expected_grads):
+        assert torch.equal(g, e)
+    for ours, theirs in zip(lists, plain):
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_float32_part_of_a_mixed_list_is_folded_in_float32(device):
     """float32 tensors are folded in float32 also beside float64 ones (the parts then combined in
     float64), on every device: a p-th power past float32's range overflows as it does without the

@@ -77,7 +77,7 @@ void check_adam_inputs(at::TensorList params, at::TensorList grads, at::TensorLi
     check_state_step_entries(op, params, state_steps, begin, end);
   }, then);
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
-  check_scalar_tensor(op, "grad_scale", grad_scale, device, /*allow_float64=*/true);
+  check_grad_scale(op, grad_scale, device);
   check_scalar_tensor(op, "found_inf", found_inf, device);
 }
 

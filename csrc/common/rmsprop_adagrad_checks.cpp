@@ -27,7 +27,7 @@ void check_rmsprop_inputs(at::TensorList params, at::TensorList grads, at::Tenso
   if (params.empty()) return;
   const at::Device device = params[0].device();
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
-  check_scalar_tensor(op, "grad_scale", grad_scale, device, /*allow_float64=*/true);
+  check_grad_scale(op, grad_scale, device);
   check_scalar_tensor(op, "found_inf", found_inf, device);
 }
 
@@ -41,7 +41,7 @@ void check_adagrad_inputs(at::TensorList params, at::TensorList grads, at::Tenso
   if (params.empty()) return;
   const at::Device device = params[0].device();
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
-  check_scalar_tensor(op, "grad_scale", grad_scale, device, /*allow_float64=*/true);
+  check_grad_scale(op, grad_scale, device);
   check_scalar_tensor(op, "found_inf", found_inf, device);
 }
 

@@ -21,7 +21,7 @@ void check_sgd_inputs(at::TensorList params, at::TensorList grads, at::TensorLis
   if (params.empty()) return;
   const at::Device device = params[0].device();
   check_scalar_tensor(op, "lr_tensor", lr_tensor, device);
-  check_scalar_tensor(op, "grad_scale", grad_scale, device, /*allow_float64=*/true);
+  check_grad_scale(op, grad_scale, device);
   check_scalar_tensor(op, "found_inf", found_inf, device);
 }
 

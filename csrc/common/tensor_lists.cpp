@@ -157,17 +157,35 @@ void check_state_step_entries(const char* op, at::TensorList params, at::TensorL
   }
 }
 
-void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,
-                         const at::Device& device, bool allow_float64) {
-  if (!t.has_value()) return;
-  TORCH_CHECK(t->defined(), op, ": ", name, " is an undefined tensor");
-  TORCH_CHECK(t->numel() == 1, op, ": ", name, " has ", t->numel(),
-              " elements; expected a 1-element tensor");
-  TORCH_CHECK(t->scalar_type() == at::kFloat || (allow_float64 && t->scalar_type() == at::kDouble), op,
-              ": ", name, " has dtype ", t->scalar_type(),
+namespace {
+
+void check_tensor_argument(const char* op, const char* name, const at::Tensor& t, const at::Device& device,
+                         bool allow_float64) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is an undefined tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || (allow_float64 && t.scalar_type() == at::kDouble), op,
+              ": ", name, " has dtype ", t.scalar_type(),
               allow_float64 ? "; expected float32 or float64" : "; expected float32");
-  TORCH_CHECK(t->device() == device, op, ": ", name, " is on ", t->device(),
+  TORCH_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(),
               " but the tensors are on ", device, "; expected the same device");
+}
+
+}  // namespace
+
+void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                         const at::Device& device) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(!t->defined() || t->numel() == 1, op, ": ", name, " has ", t->numel(),
+              " elements; expected a 1-element tensor");
+  check_tensor_argument(op, name, *t, device, /*allow_float64=*/false);
+}
+
+void check_grad_scale(const char* op, const std::optional<at::Tensor>& grad_scale, const at::Device& device) {
+  if (!grad_scale.has_value()) return;
+  const at::Tensor& t = *grad_scale;
+  TORCH_CHECK(!t.defined() || t.numel() == 1 || (t.numel() == 2 && t.is_contiguous()), op,
+              ": grad_scale has ", t.numel(), " elements", t.numel() == 2 ? " (not contiguous)" : "",
+              "; expected 1 element (the divisor) or 2 contiguous ones (divisor, multiplier)");
+  check_tensor_argument(op, "grad_scale", t, device, /*allow_float64=*/true);
 }
 
 double read_cpu_scalar(const at::Tensor& t) {
@@ -176,7 +194,7 @@ double read_cpu_scalar(const at::Tensor& t) {
 
 GradScaleRef grad_scale_ref(const std::optional<at::Tensor>& grad_scale) {
   if (!grad_scale.has_value()) return {};
-  return {grad_scale->const_data_ptr(), grad_scale->scalar_type() == at::kDouble};
+  return {grad_scale->const_data_ptr(), grad_scale->scalar_type() == at::kDouble, grad_scale->numel() == 2};
 }
 
 }  // namespace fusedopt

@@ -77,15 +77,19 @@ void check_state_steps_length(const char* op, at::TensorList params, at::TensorL
 void check_state_step_entries(const char* op, at::TensorList params, at::TensorList state_steps,
                               size_t begin, size_t end);
 
-// Checks an optional 1-element float32 tensor argument (lr, grad_scale, found_inf) on `device`;
-// float64 too with allow_float64 (grad_scale, see fusedopt/grad_scale.h).
+// Checks an optional 1-element float32 tensor argument (lr_tensor, found_inf) on `device`.
 void check_scalar_tensor(const char* op, const char* name, const std::optional<at::Tensor>& t,
-                         const at::Device& device, bool allow_float64 = false);
+                         const at::Device& device);
+
+// Checks an optional grad_scale argument of the optimizer ops on `device`: float32 or float64, one
+// element (the divisor) or two contiguous ones (divisor, multiplier); see fusedopt/grad_scale.h.
+void check_grad_scale(const char* op, const std::optional<at::Tensor>& grad_scale, const at::Device& device);
 
 // Reads a checked 1-element CPU scalar tensor; for CPU kernels only.
 double read_cpu_scalar(const at::Tensor& t);
 
-// A checked grad_scale argument as the kernels read it (no division when absent).
+// A checked grad_scale argument as the kernels read it (no division when absent; the pointer is read on
+// the tensor's device).
 GradScaleRef grad_scale_ref(const std::optional<at::Tensor>& grad_scale);
 
 // The device of a call: that of lists[0][0] (lists may not be empty when this is called).

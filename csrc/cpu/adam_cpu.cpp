@@ -30,7 +30,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   args.has_master = !master_params.empty();
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
-  args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
+  args.grad_factors = grad_scale_ref(grad_scale).factors<double>();
   increment_step_counts(view, kAdamStepList);
   FUSEDOPT_CPU_KERNEL(adam_kernel)(view, args);
 }

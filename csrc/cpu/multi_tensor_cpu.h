@@ -189,13 +189,20 @@ inline void with_constant(bool b, const Fn& fn) {
 }
 
 // Calls fn(unscale, store) with std::bool_constant arguments for an optimizer call's grad scaling:
-// grads are divided by grad_scale (unscale) and the divided grads written back (store, only with
-// unscale: folded clipping without GradScaler divides but leaves the grads as they were).
+// grads are unscaled by grad_scale's factors (unscale) and the results written back (store, only with
+// unscale: folded clipping without GradScaler clips but leaves the grads as they were).
 template <typename Fn>
 inline void with_grad_scaling(bool unscale, bool write_grads, const Fn& fn) {
   if (!unscale) fn(std::false_type{}, std::false_type{});
   else if (write_grads) fn(std::true_type{}, std::true_type{});
   else fn(std::true_type{}, std::false_type{});
+}
+
+// An optimizer call's grad_scale factors (fusedopt/grad_scale.h) in the vector math type V.
+template <typename V>
+inline GradFactors<V> splat_grad_factors(const GradFactors<double>& f) {
+  using opmath_t = typename V::value_type;
+  return {V(static_cast<opmath_t>(f.divisor)), V(static_cast<opmath_t>(f.multiplier))};
 }
 
 // The pointers of tensor i's elements [begin, ...) in each of the K lists, typed as scalar_t.

@@ -39,7 +39,7 @@ void rmsprop_cpu(at::TensorList params, at::TensorList grads, at::TensorList squ
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
-  args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
+  args.grad_factors = grad_scale_ref(grad_scale).factors<double>();
   FUSEDOPT_CPU_KERNEL(rmsprop_kernel)(view, args);
 }
 
@@ -58,7 +58,7 @@ void adagrad_cpu(at::TensorList params, at::TensorList grads, at::TensorList sta
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
-  args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
+  args.grad_factors = grad_scale_ref(grad_scale).factors<double>();
   increment_step_counts(view, 3);
   FUSEDOPT_CPU_KERNEL(adagrad_kernel)(view, args);
 }

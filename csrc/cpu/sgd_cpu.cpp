@@ -23,7 +23,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   args.lr = lr_tensor.has_value() ? read_cpu_scalar(*lr_tensor) : lr;
   args.unscale_grads = grad_scale.has_value();
   args.write_grads = write_grads;
-  args.grad_scale = grad_scale.has_value() ? read_cpu_scalar(*grad_scale) : 1.0;
+  args.grad_factors = grad_scale_ref(grad_scale).factors<double>();
   FUSEDOPT_CPU_KERNEL(sgd_kernel)(view, args);
 }
 

@@ -17,7 +17,7 @@ struct AdamOp {
   AdamHyper hyper;
   double lr;
   const float* lr_ptr;      // overrides lr when set
-  GradScaleRef grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
+  GradScaleRef grad_scale;  // when set, grads are unscaled by it (written back if write_mask says so)
   const float* found_inf;   // when set and nonzero, nothing happens
   unsigned read_mask;
   unsigned write_mask;
@@ -28,12 +28,12 @@ struct AdamOp {
   struct Bound {
     AdamHyper hyper;
     AdamScalars<opmath_t> s;
-    opmath_t scale;
+    GradFactors<opmath_t> factors;
     bool unscale;
     __device__ __forceinline__ void operator()(opmath_t& param, opmath_t& grad, opmath_t& exp_avg,
                                                opmath_t& exp_avg_sq, opmath_t& max_sq,
                                                opmath_t& /*step*/) const {
-      adam_step(param, grad, exp_avg, exp_avg_sq, max_sq, hyper, s, unscale, scale);
+      adam_step(param, grad, exp_avg, exp_avg_sq, max_sq, hyper, s, unscale, factors);
     }
   };
 
@@ -42,7 +42,7 @@ struct AdamOp {
     const double step = *static_cast<const float*>(tensor_ptrs[kAdamStepList]);
     const double lr_value = lr_ptr ? double(*lr_ptr) : lr;
     return {hyper, adam_scalars<opmath_t>(hyper, lr_value, step),
-            grad_scale.value<opmath_t>(), grad_scale.has_value()};
+            grad_scale.factors<opmath_t>(), grad_scale.has_value()};
   }
 };
 

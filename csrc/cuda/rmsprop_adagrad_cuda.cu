@@ -20,7 +20,7 @@ struct RmspropOp {
   RmspropHyper hyper;
   double lr;
   const float* lr_ptr;      // overrides lr when set
-  GradScaleRef grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
+  GradScaleRef grad_scale;  // when set, grads are unscaled by it (written back if write_mask says so)
   const float* found_inf;   // when set and nonzero, nothing happens
   unsigned read_mask;
   unsigned write_mask;
@@ -30,7 +30,7 @@ struct RmspropOp {
   template <typename opmath_t>
   struct Bound {
     RmspropCoeffs<opmath_t> coeffs;
-    opmath_t scale;
+    GradFactors<opmath_t> factors;
     bool unscale;
     bool momentum;
     bool centered;
@@ -38,11 +38,11 @@ struct RmspropOp {
                                                opmath_t& buf, opmath_t& grad_avg) const {
       // The four shapes of the rule, each compiled without the branches of the others.
       if (momentum) {
-        if (centered) rmsprop_step<true, true>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, scale);
-        else rmsprop_step<true, false>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, scale);
+        if (centered) rmsprop_step<true, true>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, factors);
+        else rmsprop_step<true, false>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, factors);
       } else {
-        if (centered) rmsprop_step<false, true>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, scale);
-        else rmsprop_step<false, false>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, scale);
+        if (centered) rmsprop_step<false, true>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, factors);
+        else rmsprop_step<false, false>(param, grad, square_avg, buf, grad_avg, coeffs, unscale, factors);
       }
     }
   };
@@ -51,7 +51,7 @@ struct RmspropOp {
   __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
     const double lr_value = lr_ptr ? double(*lr_ptr) : lr;
     return {RmspropCoeffs<opmath_t>::make(hyper, lr_value),
-            grad_scale.value<opmath_t>(), grad_scale.has_value(), hyper.momentum > 0,
+            grad_scale.factors<opmath_t>(), grad_scale.has_value(), hyper.momentum > 0,
             hyper.centered};
   }
 };
@@ -71,11 +71,11 @@ struct AdagradOp {
   template <typename opmath_t>
   struct Bound {
     AdagradCoeffs<opmath_t> coeffs;
-    opmath_t scale;
+    GradFactors<opmath_t> factors;
     bool unscale;
     __device__ __forceinline__ void operator()(opmath_t& param, opmath_t& grad, opmath_t& state_sum,
                                                opmath_t& /*step*/) const {
-      adagrad_step(param, grad, state_sum, coeffs, unscale, scale);
+      adagrad_step(param, grad, state_sum, coeffs, unscale, factors);
     }
   };
 
@@ -84,7 +84,7 @@ struct AdagradOp {
     const double step = double(*static_cast<const float*>(tensor_ptrs[3]));  // already incremented
     const double lr_value = lr_ptr ? double(*lr_ptr) : lr;
     return {AdagradCoeffs<opmath_t>::make(hyper, adagrad_clr(lr_value, step, hyper.lr_decay)),
-            grad_scale.value<opmath_t>(), grad_scale.has_value()};
+            grad_scale.factors<opmath_t>(), grad_scale.has_value()};
   }
 };
 

@@ -14,7 +14,7 @@ struct SgdOp {
   SgdHyper hyper;
   double lr;
   const float* lr_ptr;      // overrides lr when set
-  GradScaleRef grad_scale;  // when set, grads are divided by it (written back if write_mask says so)
+  GradScaleRef grad_scale;  // when set, grads are unscaled by it (written back if write_mask says so)
   const float* found_inf;   // when set and nonzero, nothing happens
   unsigned read_mask;
   unsigned write_mask;
@@ -25,17 +25,17 @@ struct SgdOp {
   struct Bound {
     SgdHyper hyper;
     opmath_t lr;
-    opmath_t scale;
+    GradFactors<opmath_t> factors;
     bool unscale;
     __device__ __forceinline__ void operator()(opmath_t& param, opmath_t& grad, opmath_t& buf) const {
-      sgd_step(param, grad, buf, hyper, lr, unscale, scale);
+      sgd_step(param, grad, buf, hyper, lr, unscale, factors);
     }
   };
 
   template <typename opmath_t>
   __device__ Bound<opmath_t> bind(void* const* /*tensor_ptrs*/) const {
     return {hyper, lr_ptr ? opmath_t(*lr_ptr) : opmath_t(lr),
-            grad_scale.value<opmath_t>(), grad_scale.has_value()};
+            grad_scale.factors<opmath_t>(), grad_scale.has_value()};
   }
 };
 

@@ -7,9 +7,10 @@ void define_adam_ops(torch::Library& m) {
   // 1-element float32 tensor per param) is incremented by the op and used for that param's bias
   // correction. max_exp_avg_sqs is empty unless amsgrad; master_params is empty unless master weights are kept. With master_params (float32, one per
   // float16/bfloat16 param; states then float32) the masters are updated and params get their
-  // rounded values. With grad_scale, grads are divided by it and, unless write_grads is false (folded
-  // clipping without GradScaler leaves the grads as they were), written back; with found_inf != 0
-  // nothing is written, step counts included.
+  // rounded values. With grad_scale, grads are unscaled by it (1 element s: g / s; 2 elements [s, c]:
+  // g / s * c, the folded clipping's coefficient c, fusedopt/grad_scale.h) and, unless write_grads is
+  // false (folded clipping without GradScaler leaves the grads as they were), written back; with
+  // found_inf != 0 nothing is written, step counts included.
   m.def(
       "adam_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
       "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, *, "

@@ -5,9 +5,11 @@ namespace fusedopt::schemas {
 void define_rmsprop_adagrad_ops(torch::Library& m) {
   // RMSprop as torch.optim.RMSprop: momentum_buffers are used (and required) when momentum > 0,
   // grad_avgs when centered; either list is otherwise empty. Each call adds 1 to every state_steps
-  // entry (float32, one element, on its param's device). With grad_scale, grads are divided by it and
-  // written back unless write_grads is false (folded clipping without GradScaler leaves the grads as
-  // they were); with found_inf != 0 nothing is written, step counts included.
+  // entry (float32, one element, on its param's device). With grad_scale, grads are unscaled by it
+  // (1 element s: g / s; 2 elements [s, c]: g / s * c, the folded clipping's coefficient c,
+  // fusedopt/grad_scale.h) and written back unless write_grads is false (folded clipping without
+  // GradScaler leaves the grads as they were); with found_inf != 0 nothing is written, step counts
+  // included.
   m.def(
       "rmsprop_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, "
       "Tensor(d!)[] momentum_buffers, Tensor(e!)[] grad_avgs, Tensor(f!)[] state_steps, *, float lr, "

@@ -1,9 +1,12 @@
 """Gradient clipping folded into an optimizer step (``max_grad_norm=`` on the fusedopt optimizers).
 
 The optimizer kernels already divide each grad by GradScaler's ``grad_scale`` and write the result
-back. Clipping multiplies the unscaled grads by ``clip_coef``; both fold into one divisor,
-``grad_scale_eff = (grad_scale or 1) / clip_coef``, so unscale + clip + update happen in the kernel's
+back. Clipping multiplies the unscaled grads by ``clip_coef``; both reach the kernel in its
+``grad_scale`` argument as two factors, ``[grad_scale or 1, clip_coef]`` (``grad / s * c``, torch's
+order: ``scaler.unscale_`` then ``clip_grad_norm_``), so unscale + clip + update happen in the kernel's
 single pass over the grads, after one read of the grads for the norm. Nothing synchronises with the host.
+(One divisor ``s / c`` overflowed float32 for an inf- or 1-norm near float32's limit, csrc/include/
+fusedopt/grad_scale.h.)
 """
 
 from __future__ import annotations
@@ -56,11 +59,11 @@ def folded_clip_grad_scales(optimizer, collected: list, grad_scale: Tensor | Non
       ``optimizer.last_grad_norm`` (for logging; reading it synchronises).
     - ``clip_coef = clamp(max_norm / (norm + 1e-6), max=1)`` exactly as
       ``torch.nn.utils.clip_grads_with_norm_``.
-    - Returns ``{device: grad_scale_eff}`` for every device in ``collected``: a 1-element tensor on
-      that device equal to ``(grad_scale or 1) / clip_coef``, float64 when the norm is (some grad is
-      float64), else float32. The optimizer passes it as the
-      kernel's ``grad_scale`` argument in place of GradScaler's (so the kernel runs its unscale path
-      even without GradScaler). Only with GradScaler does the kernel store the divided grads (and the
+    - Returns ``{device: factors}`` for every device in ``collected``: a 2-element tensor on that
+      device, ``[grad_scale or 1, clip_coef]``, float64 when the norm is (some grad is float64), else
+      float32. The optimizer passes it as the kernel's ``grad_scale`` argument in place of GradScaler's
+      (so the kernel runs its unscale path even without GradScaler), which divides by the first and
+      multiplies by the second. Only with GradScaler does the kernel store the divided grads (and the
       optimizer copy them into grads replaced by layout repairs, ``_common.write_back_grads``): they
       then hold the unscaled, clipped values, as after ``scaler.unscale_(opt); clip_grad_norm_(...)``.
       Without GradScaler the grads keep their values: the clipping is not written anywhere.
@@ -95,13 +98,13 @@ def _scales(optimizer, devices: list[torch.device], norm: Tensor, grad_scale: Te
         norm = norm / to_device(grad_scale, norm.device)
     optimizer.last_grad_norm = norm
     clip_coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    # A float64 norm (some grad is float64) keeps a float64 divisor: torch scales float64 grads by a
+    # A float64 norm (some grad is float64) keeps float64 factors: torch scales float64 grads by a
     # float64 coefficient (the kernels take grad_scale in float32 or float64, fusedopt/grad_scale.h).
-    divisor_dtype = torch.float64 if norm.dtype == torch.float64 else torch.float32
+    factors_dtype = torch.float64 if norm.dtype == torch.float64 else torch.float32
     out: dict[torch.device, Tensor] = {}
     for device in devices:
-        coef = to_device(clip_coef, device)
-        scale = (to_device(grad_scale, device) if grad_scale is not None
-                 else torch.ones((), device=device))
-        out[device] = (scale / coef).to(divisor_dtype).reshape(1)
+        coef = to_device(clip_coef, device).to(factors_dtype).reshape(1)
+        scale = (to_device(grad_scale, device).to(factors_dtype).reshape(1) if grad_scale is not None
+                 else torch.ones(1, dtype=factors_dtype, device=device))
+        out[device] = torch.cat([scale, coef])
     return out

@@ -16,9 +16,9 @@ class FusedStep:
 
     A step checks every param group before anything is modified (``_common.collect``; step counts by
     ``_step_state.check``), then per group: repairs layouts, creates missing state (``_prepare``) and
-    calls ``_run`` once per device with the grad-scale divisor (GradScaler's scale, times the folded
-    clipping's 1/coefficient when ``max_grad_norm`` is set) and GradScaler's ``found_inf``. The kernels
-    store the divided grads only under GradScaler (unscaled, and clipped with ``max_grad_norm``, as
+    calls ``_run`` once per device with the grad scale (GradScaler's scale, or with ``max_grad_norm``
+    the pair [scale or 1, clip coefficient], ``_clipping``) and GradScaler's ``found_inf``. The kernels
+    store the unscaled grads only under GradScaler (unscaled, and clipped with ``max_grad_norm``, as
     torch's ``unscale_``/``clip_grad_norm_``/fused step leave them); folded clipping alone leaves the
     grads as they were, so the step reads them once more and writes them never.
     """
@@ -127,7 +127,7 @@ class FusedStep:
                 collected.append((group, c, step_fixes))
         _common.reduce_partial_grads(collected)
         grad_scale, found_inf = _common.grad_scaler_tensors(self)
-        # With max_grad_norm: unscale and clip in the update kernels, one divisor per device. Computed
+        # With max_grad_norm: unscale and clip in the update kernels, one factor pair per device. Computed
         # before a skip too, so that last_grad_norm is this step's (inf/nan) on every skipped step.
         scales = _clipping.step_grad_scales(self, collected, grad_scale)
         if found_inf is not None and self._skip_needs_sync(collected) and found_inf.item() != 0:

@@ -16,11 +16,11 @@ void adagrad_kernel(const TensorListsView<4>& lists, const AdagradCpuArgs& args)
         // List 3 holds the tensor's step count, not elements: read once, never walked.
         const double step = *static_cast<const float*>(lists.ptrs[i][3]);
         const auto coeffs = AdagradCoeffs<opmath_t>::make(h, adagrad_clr(args.lr, step, h.lr_decay));
-        const V scale(static_cast<opmath_t>(args.grad_scale));
+        const auto factors = splat_grad_factors<V>(args.grad_factors);
         const auto all = typed_slice<scalar_t>(lists, i, begin);
         const std::array<scalar_t*, 3> arrays{all[0], all[1], all[2]};
         vectorized_map<kRead, kWrite>(arrays, end - begin, [&](V& param, V& grad, V& state_sum) {
-          adagrad_step(param, grad, state_sum, coeffs, unscale, scale);
+          adagrad_step(param, grad, state_sum, coeffs, unscale, factors);
         }, next_arrays(lists, i));
       });
     });

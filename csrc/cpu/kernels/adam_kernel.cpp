@@ -11,7 +11,8 @@ namespace {
 // float32 master and states are updated in float32 and the param gets the master's rounded value.
 template <bool kUnscale, bool kStoreGrads, typename half_t>
 void adam_master_segment(const std::array<void*, 7>& ptrs, int64_t begin, int64_t n,
-                         const AdamHyper& h, const AdamScalars<float>& s, float grad_scale) {
+                         const AdamHyper& h, const AdamScalars<float>& s,
+                         const GradFactors<double>& grad_factors) {
   using V = Vectorized<float>;
   using H = Vectorized<half_t>;
   constexpr int64_t kV = V::size();
@@ -23,7 +24,7 @@ void adam_master_segment(const std::array<void*, 7>& ptrs, int64_t begin, int64_
   float* exp_avg_sq = static_cast<float*>(ptrs[3]) + begin;
   float* max_sq = h.amsgrad ? static_cast<float*>(ptrs[4]) + begin : nullptr;
   float* master = static_cast<float*>(ptrs[kAdamMasterList]) + begin;
-  const V scale(grad_scale);
+  const auto factors = splat_grad_factors<V>(grad_factors);
   V g[2], w[2], m[2], v[2], mx[2] = {V(0), V(0)};
   for (int64_t i = 0; i < n; i += kH) {
     const int64_t len = std::min(kH, n - i);
@@ -46,7 +47,7 @@ void adam_master_segment(const std::array<void*, 7>& ptrs, int64_t begin, int64_
     load(exp_avg, m);
     load(exp_avg_sq, v);
     if (max_sq) load(max_sq, mx);
-    for (int part = 0; part < 2; ++part) adam_step(w[part], g[part], m[part], v[part], mx[part], h, s, kUnscale, scale);
+    for (int part = 0; part < 2; ++part) adam_step(w[part], g[part], m[part], v[part], mx[part], h, s, kUnscale, factors);
     store(master, w);
     store(exp_avg, m);
     store(exp_avg_sq, v);
@@ -84,9 +85,9 @@ void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
         if (args.has_master) {
           const auto s = adam_scalars<float>(h, args.lr, bc);
           if (lists.dtype[i] == at::kHalf) {
-            adam_master_segment<decltype(unscale)::value, decltype(store)::value, at::Half>(ptrs, begin, end - begin, h, s, float(args.grad_scale));
+            adam_master_segment<decltype(unscale)::value, decltype(store)::value, at::Half>(ptrs, begin, end - begin, h, s, args.grad_factors);
           } else {
-            adam_master_segment<decltype(unscale)::value, decltype(store)::value, at::BFloat16>(ptrs, begin, end - begin, h, s, float(args.grad_scale));
+            adam_master_segment<decltype(unscale)::value, decltype(store)::value, at::BFloat16>(ptrs, begin, end - begin, h, s, args.grad_factors);
           }
           return;
         }
@@ -94,7 +95,7 @@ void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
           using opmath_t = typename VecIO<scalar_t>::opmath_t;
           using V = Vectorized<opmath_t>;
           const auto s = adam_scalars<opmath_t>(h, args.lr, bc);
-          const V scale(static_cast<opmath_t>(args.grad_scale));
+          const auto factors = splat_grad_factors<V>(args.grad_factors);
           std::array<scalar_t*, 5> arrays;
           for (int k = 0; k < 5; ++k) {
             arrays[k] = ptrs[k] ? static_cast<scalar_t*>(ptrs[k]) + begin : nullptr;
@@ -102,7 +103,7 @@ void adam_kernel(const TensorListsView<7>& lists, const AdamCpuArgs& args) {
           vectorized_map<kRead, kWrite>(arrays, end - begin,
                                         [&](V& param, V& grad, V& exp_avg, V& exp_avg_sq, V& max_sq) {
                                           adam_step(param, grad, exp_avg, exp_avg_sq, max_sq, h, s,
-                                                    unscale, scale);
+                                                    unscale, factors);
                                         },
                                         next_arrays(lists, i));
         });

@@ -15,7 +15,7 @@ struct SgdCpuArgs {
   // optimizers do the same, so GradScaler users see unscaled grads after step()).
   bool unscale_grads;
   bool write_grads;  // store the divided grads (false: folded clipping without GradScaler)
-  double grad_scale;
+  GradFactors<double> grad_factors;  // grad_scale as two factors (fusedopt/grad_scale.h)
 };
 
 }  // namespace fusedopt::cpu

@@ -16,7 +16,7 @@ struct RmspropCpuArgs {
   double lr;
   bool unscale_grads;  // grads divided by grad_scale
   bool write_grads;    // and the divided grads stored (false: folded clipping without GradScaler)
-  double grad_scale;
+  GradFactors<double> grad_factors;  // grad_scale as two factors (fusedopt/grad_scale.h)
 };
 
 // Lists: 0 params, 1 grads, 2 state_sums, 3 state_steps (one float32 per tensor, already incremented
@@ -26,7 +26,7 @@ struct AdagradCpuArgs {
   double lr;
   bool unscale_grads;
   bool write_grads;
-  double grad_scale;
+  GradFactors<double> grad_factors;  // grad_scale as two factors (fusedopt/grad_scale.h)
 };
 
 }  // namespace fusedopt::cpu

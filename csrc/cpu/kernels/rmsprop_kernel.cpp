@@ -17,12 +17,12 @@ void rmsprop_kernel(const TensorListsView<5>& lists, const RmspropCpuArgs& args)
             using opmath_t = typename VecIO<scalar_t>::opmath_t;
             using V = Vectorized<opmath_t>;
             const auto coeffs = RmspropCoeffs<opmath_t>::make(h, args.lr);
-            const V scale(static_cast<opmath_t>(args.grad_scale));
+            const auto factors = splat_grad_factors<V>(args.grad_factors);
             vectorized_map<kRead, kWrite>(
                 typed_slice<scalar_t>(lists, i, begin), end - begin,
                 [&](V& param, V& grad, V& square_avg, V& buf, V& grad_avg) {
                   rmsprop_step<decltype(has_momentum)::value, decltype(centered)::value>(param, grad, square_avg, buf, grad_avg, coeffs,
-                                                       unscale, scale);
+                                                       unscale, factors);
                 },
                 next_arrays(lists, i));
           });

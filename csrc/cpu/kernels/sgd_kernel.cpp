@@ -18,10 +18,10 @@ void sgd_kernel(const TensorListsView<3>& lists, const SgdCpuArgs& args) {
             using opmath_t = typename VecIO<scalar_t>::opmath_t;
             using V = Vectorized<opmath_t>;
             const opmath_t lr = static_cast<opmath_t>(args.lr);
-            const V scale(static_cast<opmath_t>(args.grad_scale));
+            const auto factors = splat_grad_factors<V>(args.grad_factors);
             vectorized_map<kRead, kWrite>(typed_slice<scalar_t>(lists, i, begin), end - begin,
                                           [&](V& param, V& grad, V& buf) {
-                                            sgd_step(param, grad, buf, h, lr, unscale, scale);
+                                            sgd_step(param, grad, buf, h, lr, unscale, factors);
                                           },
                                           next_arrays(lists, i));
           });

@@ -2,6 +2,7 @@
 // elements), shared by the CPU and CUDA kernels.
 #pragma once
 
+#include "fusedopt/grad_scale.h"
 #include "fusedopt/math_ops.h"
 
 namespace fusedopt {
@@ -59,8 +60,8 @@ FUSEDOPT_INLINE void adagrad_update(T& param, T grad, T& state_sum,
 template <typename T>
 FUSEDOPT_INLINE void adagrad_step(T& param, T& grad, T& state_sum,
                                   const AdagradCoeffs<typename MathOps<T>::scalar_t>& c, bool unscale,
-                                  const T& grad_scale) {
-  if (unscale) grad = grad / grad_scale;
+                                  const GradFactors<T>& grad_factors) {
+  if (unscale) grad = unscale_grad(grad, grad_factors);
   adagrad_update(param, grad, state_sum, c);
 }
 

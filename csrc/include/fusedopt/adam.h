@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "fusedopt/grad_scale.h"
 #include "fusedopt/math_ops.h"
 
 namespace fusedopt {
@@ -103,14 +104,14 @@ FUSEDOPT_INLINE void adam_update(T& param, T grad, T& exp_avg, T& exp_avg_sq, T&
 }
 
 // adam_update for a gradient that may still carry GradScaler's scale: when `unscale` is set, grad is
-// divided by grad_scale first and left unscaled for the caller to store back, as torch's fused
-// optimizers do.
+// unscaled (and clipped, fusedopt/grad_scale.h) first and left so for the caller to store back, as
+// torch's fused optimizers do.
 template <typename T>
 FUSEDOPT_INLINE void adam_step(T& param, T& grad, T& exp_avg, T& exp_avg_sq, T& max_exp_avg_sq,
                                const AdamHyper& h,
                                const AdamScalars<typename MathOps<T>::scalar_t>& s, bool unscale,
-                               const T& grad_scale) {
-  if (unscale) grad = grad / grad_scale;
+                               const GradFactors<T>& grad_factors) {
+  if (unscale) grad = unscale_grad(grad, grad_factors);
   adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h, s);
 }
 

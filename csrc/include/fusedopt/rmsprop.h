@@ -2,6 +2,7 @@
 // one SIMD register of elements), shared by the CPU and CUDA kernels.
 #pragma once
 
+#include "fusedopt/grad_scale.h"
 #include "fusedopt/math_ops.h"
 
 namespace fusedopt {
@@ -83,13 +84,14 @@ FUSEDOPT_INLINE void rmsprop_update(T& param, T grad, T& square_avg, T& momentum
   }
 }
 
-// rmsprop_update for a gradient that may still carry GradScaler's scale: with `unscale`, grad is divided
-// by grad_scale first and left unscaled for the caller to store back (torch's fused optimizers do too).
+// rmsprop_update for a gradient that may still carry GradScaler's scale: with `unscale`, grad is
+// unscaled (and clipped, fusedopt/grad_scale.h) first and left so for the caller to store back
+// (torch's fused optimizers do too).
 template <bool kMomentum, bool kCentered, typename T>
 FUSEDOPT_INLINE void rmsprop_step(T& param, T& grad, T& square_avg, T& momentum_buf, T& grad_avg,
                                   const RmspropCoeffs<typename MathOps<T>::scalar_t>& c, bool unscale,
-                                  const T& grad_scale) {
-  if (unscale) grad = grad / grad_scale;
+                                  const GradFactors<T>& grad_factors) {
+  if (unscale) grad = unscale_grad(grad, grad_factors);
   rmsprop_update<kMomentum, kCentered>(param, grad, square_avg, momentum_buf, grad_avg, c);
 }
 

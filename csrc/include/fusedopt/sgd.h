@@ -2,6 +2,7 @@
 // SIMD register of elements), shared by the CPU and CUDA kernels.
 #pragma once
 
+#include "fusedopt/grad_scale.h"
 #include "fusedopt/math_ops.h"
 
 namespace fusedopt {
@@ -42,12 +43,12 @@ FUSEDOPT_INLINE void sgd_update(T& param, T grad, T& momentum_buf, const SgdHype
 }
 
 // sgd_update for a gradient that may still carry GradScaler's scale: when `unscale` is set, grad is
-// divided by grad_scale first and left unscaled for the caller to store back, as torch's fused
-// optimizers do.
+// unscaled (and clipped, fusedopt/grad_scale.h) first and left so for the caller to store back, as
+// torch's fused optimizers do.
 template <typename T>
 FUSEDOPT_INLINE void sgd_step(T& param, T& grad, T& momentum_buf, const SgdHyper& h,
-                              typename MathOps<T>::scalar_t lr, bool unscale, const T& grad_scale) {
-  if (unscale) grad = grad / grad_scale;
+                              typename MathOps<T>::scalar_t lr, bool unscale, const GradFactors<T>& grad_factors) {
+  if (unscale) grad = unscale_grad(grad, grad_factors);
   sgd_update(param, grad, momentum_buf, h, lr);
 }
 

@@ -531,6 +531,27 @@ def test_master_weights_mixed_group_and_checkpoint_round_trip():
     torch_opt.step()
 
 
+def test_load_state_dict_post_hooks_see_the_fixed_up_state():
+    """A load_state_dict post-hook sees the state as step() will: after fusedopt's fix-ups (here the
+    float32 masters and states that Optimizer.load_state_dict had cast to bfloat16), as torch's hooks
+    see torch's casts. Hooks run in order, once, and their handles still remove them."""
+    half = torch.nn.Parameter(torch.randn(7).bfloat16())
+    half.grad = torch.randn(7).bfloat16()
+    opt = fusedopt.optim.AdamW([half], lr=1e-3, master_weights=True)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    seen = []
+    opt2 = fusedopt.optim.AdamW([half], lr=1e-3, master_weights=True)
+    opt2.register_load_state_dict_post_hook(lambda o: seen.append(("first", o.state[half]["exp_avg"].dtype)))
+    handle = opt2.register_load_state_dict_post_hook(
+        lambda o: seen.append(("second", o.state[half]["master_param"].dtype)))
+    opt2.load_state_dict(sd)
+    assert seen == [("first", torch.float32), ("second", torch.float32)]
+    handle.remove()
+    opt2.load_state_dict(sd)
+    assert seen[2:] == [("first", torch.float32)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: clear errors, raised before anything is modified
 

@@ -45,7 +45,21 @@ class FusedStep:
         self.__dict__.setdefault("last_grad_norm", None)
 
     def load_state_dict(self, state_dict) -> None:
-        super().load_state_dict(state_dict)
+        """torch's load_state_dict, then fusedopt's fix-ups of the loaded state (``_fix_loaded_state``),
+        then the user's load_state_dict post-hooks: they see the state as ``step()`` will, as torch's
+        post-hooks see it after torch's own casts."""
+        post_hooks = self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_post_hooks = type(post_hooks)()
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            # The same dict object: the handles that remove hooks hold a reference to it.
+            self._optimizer_load_state_dict_post_hooks = post_hooks
+        self._fix_loaded_state(state_dict)
+        for post_hook in post_hooks.values():
+            post_hook(self)
+
+    def _fix_loaded_state(self, state_dict) -> None:
         # torch 2.14's SGD saves Partial momentum buffers under sequence parallelism; step() needs
         # state placed like its param (every rank loads, so the all-reduces match).
         _common.reduce_partial_state(self)

@@ -99,8 +99,8 @@ class Adagrad(FusedStep, torch.optim.Adagrad):
             sums[i] = t
         return sums
 
-    def load_state_dict(self, state_dict) -> None:
-        super().load_state_dict(state_dict)
+    def _fix_loaded_state(self, state_dict) -> None:
+        super()._fix_loaded_state(state_dict)
         _step_state.move_to_params(self)
 
     _NAME = _NAME

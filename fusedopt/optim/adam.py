@@ -96,8 +96,8 @@ class Adam(FusedStep, torch.optim.Adam):
                     p_state["step"] = torch.as_tensor(step).detach().to(
                         device=p.device, dtype=torch.float32).reshape(()).clone()
 
-    def load_state_dict(self, state_dict) -> None:
-        super().load_state_dict(state_dict)
+    def _fix_loaded_state(self, state_dict) -> None:
+        super()._fix_loaded_state(state_dict)
         if not getattr(self, "master_weights", False):
             return
         # Optimizer.load_state_dict casts every state tensor to its param's dtype; master copies and

@@ -81,8 +81,8 @@ class RMSprop(FusedStep, torch.optim.RMSprop):
         torch.optim.Optimizer.__init__(self, params, defaults)
         _clipping.init_folded_clipping(self, max_grad_norm, grad_norm_type)
 
-    def load_state_dict(self, state_dict) -> None:
-        super().load_state_dict(state_dict)
+    def _fix_loaded_state(self, state_dict) -> None:
+        super()._fix_loaded_state(state_dict)
         _step_state.move_to_params(self)
 
     @staticmethod

@@ -500,6 +500,52 @@ def test_shared_gradient_memory_is_rejected():
     torch.testing.assert_close(base, torch.full_like(base, 1.0 / (4000 ** 0.5 + 1e-6)))
 
 
+def test_multi_device_shared_memory_check_agrees_with_the_op():
+    """The multi-device path checks every device's grads for shared memory before it scales any
+    (_check_no_shared_memory); its verdict and message are clip_by_total_norm_'s, over duplicates,
+    overlaps, touching and disjoint views, empty tensors and permuted (dense, non-contiguous) ones."""
+    from fusedopt.nn.utils.clip_grad import _check_no_shared_memory
+    base = torch.ones(5000)
+    grid = torch.ones(6, 8)
+    a, b = torch.ones(7), torch.ones(7)
+    cases = [
+        [a, b], [a, a], [b, a, b], [base[:2000], base[1000:]], [base[:2000], base[2000:4000]],
+        [base[2000:4000], base[:2000], base[4000:]], [base[:0], base[:0], a], [base[10:10], base[:20]],
+        [grid.t(), a], [grid.t(), grid[5:]], [grid[:3].t(), grid[3:].t()], [], [a],
+    ]
+    refusals = 0
+    for tensors in cases:
+        try:
+            torch.ops.fusedopt.clip_by_total_norm_(tensors, torch.tensor(0.0), 1.0)  # coefficient 1: no write
+            op_error = None
+        except RuntimeError as e:
+            op_error = str(e).splitlines()[0]
+        try:
+            _check_no_shared_memory(tensors)
+            ours = None
+        except RuntimeError as e:
+            ours = str(e)
+        assert ours == op_error, tensors
+        refusals += op_error is not None
+    assert refusals == 4
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_multi_device_shared_memory_is_rejected_before_any_grad_is_scaled():
+    """Grads on the CPU and on the GPU, one listed twice on the GPU: the GPU's op call would refuse
+    it, but only after the CPU's grads had been scaled. Refused first; no grad changes."""
+    cpu = torch.nn.Parameter(torch.zeros(100))
+    cpu.grad = torch.ones(100)
+    gpu = torch.nn.Parameter(torch.zeros(100, device="cuda"))
+    gpu.grad = torch.ones(100, device="cuda")
+    with pytest.raises(RuntimeError, match=r"tensors\[0\] and tensors\[1\] share memory"):
+        clip_grads_with_norm_([cpu, gpu, gpu], 1.0, torch.tensor(1000.0))
+    assert torch.equal(cpu.grad, torch.ones(100)) and torch.equal(gpu.grad.cpu(), torch.ones(100))
+    clip_grads_with_norm_([cpu, gpu], 1.0, torch.tensor(1000.0))  # without the duplicate: both scaled
+    assert torch.equal(gpu.grad.cpu(), cpu.grad) and cpu.grad[0].item() < 1e-2
+
+
 def test_clip_grad_value():
     ours = _params_with_grads(torch.float32, "cpu", seed=2)
     theirs = _params_with_grads(torch.float32, "cpu", seed=2)

@@ -399,9 +399,17 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
         if not _is_sparse(g) and not _fills_memory(g) and torch._debug_has_internal_overlap(g) == 1:
             raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to a "
                                "single memory location. Please clone() the tensor before performing the operation.")
+    dense_by_device = {device: [g for g in device_grads if not _is_sparse(g) and _fills_memory(g)]
+                       for device, device_grads in by_device.items()}
+    if len(by_device) > 1 and not torch.compiler.is_compiling():
+        # One op call per device, each checking its own list: a grad listed twice on a later device
+        # must be refused before the first device's grads are scaled. (Not traced: dynamo has no
+        # data_ptr; a compiled multi-device clip still refuses, in the later device's op call.)
+        for dense in dense_by_device.values():
+            _check_no_shared_memory(dense)
     for device, device_grads in by_device.items():
         norm = to_device(total_norm, device)
-        dense = [g for g in device_grads if not _is_sparse(g) and _fills_memory(g)]
+        dense = dense_by_device[device]
         torch.ops.fusedopt.clip_by_total_norm_(dense, norm, max_norm)
         if len(dense) != len(device_grads):
             # Views with gaps in their memory and sparse tensors (their values, in place, as torch
@@ -410,6 +418,19 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
             for g in device_grads:
                 if _is_sparse(g) or not _fills_memory(g):
                     g.mul_(coef)
+
+
+def _check_no_shared_memory(dense: list[Tensor]) -> None:
+    """clip_by_total_norm_'s check that no two of a device's grads share memory, with its message, for
+    the multi-device path to make before any device's grads are scaled. Each grad fills its memory,
+    so it spans [data_ptr, data_ptr + nbytes)."""
+    spans = sorted((g.data_ptr(), g.data_ptr() + g.numel() * g.element_size(), i)
+                   for i, g in enumerate(dense) if g.numel() > 0)
+    for (_, end, i), (begin, _, j) in zip(spans, spans[1:]):
+        if begin < end:
+            raise RuntimeError(f"fusedopt.clip_by_total_norm_: tensors[{min(i, j)}] and tensors[{max(i, j)}] "
+                               "share memory; each tensor is scaled in place once, so every gradient must "
+                               "appear once and not overlap another (a parameter listed twice?)")
 
 
 @torch.no_grad()

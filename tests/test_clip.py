@@ -501,10 +501,11 @@ def test_shared_gradient_memory_is_rejected():
 
 
 def test_multi_device_shared_memory_check_agrees_with_the_op():
-    """The multi-device path checks every device's grads for shared memory before it scales any
-    (_check_no_shared_memory); its verdict and message are clip_by_total_norm_'s, over duplicates,
-    overlaps, touching and disjoint views, empty tensors and permuted (dense, non-contiguous) ones."""
-    from fusedopt.nn.utils.clip_grad import _check_no_shared_memory
+    """The multi-device path runs clip_by_total_norm_'s tensor checks on every device's grads before it
+    scales any (_C.check_clip_tensors); its verdict and message are the op's, over duplicates,
+    overlaps, touching and disjoint views, empty tensors and permuted (dense, non-contiguous) ones,
+    and it writes nothing."""
+    from fusedopt import _C
     base = torch.ones(5000)
     grid = torch.ones(6, 8)
     a, b = torch.ones(7), torch.ones(7)
@@ -520,12 +521,14 @@ def test_multi_device_shared_memory_check_agrees_with_the_op():
             op_error = None
         except RuntimeError as e:
             op_error = str(e).splitlines()[0]
+        before = [t.clone() for t in tensors]
         try:
-            _check_no_shared_memory(tensors)
+            _C.check_clip_tensors(tensors)
             ours = None
         except RuntimeError as e:
-            ours = str(e)
+            ours = str(e).splitlines()[0]
         assert ours == op_error, tensors
+        assert all(torch.equal(t, b) for t, b in zip(tensors, before))
         refusals += op_error is not None
     assert refusals == 4
 

@@ -63,10 +63,15 @@ void check_total_norm_inputs(at::TensorList tensors, double norm_type) {
   check_norm_tensors(op, tensors);
 }
 
-void check_clip_inputs(at::TensorList tensors, const at::Tensor& total_norm) {
+void check_clip_tensors(at::TensorList tensors) {
   constexpr const char* op = "fusedopt.clip_by_total_norm_";
   check_norm_tensors(op, tensors);
   check_no_shared_memory(op, tensors);
+}
+
+void check_clip_inputs(at::TensorList tensors, const at::Tensor& total_norm) {
+  constexpr const char* op = "fusedopt.clip_by_total_norm_";
+  check_clip_tensors(tensors);
   TORCH_CHECK(total_norm.defined(), op, ": total_norm is undefined");
   TORCH_CHECK(total_norm.numel() == 1, op, ": total_norm has ", total_norm.numel(),
               " elements; expected a 1-element tensor");

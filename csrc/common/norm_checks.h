@@ -10,7 +10,10 @@ namespace fusedopt {
 // NaN. Raises c10::Error naming the op, argument and index.
 void check_total_norm_inputs(at::TensorList tensors, double norm_type);
 
-// The tensors as above; total_norm a 1-element float32/float64 tensor on their device.
+// The tensors as above, and no two sharing memory (each is scaled in place once).
+void check_clip_tensors(at::TensorList tensors);
+
+// check_clip_tensors; total_norm a 1-element float32/float64 tensor on their device.
 void check_clip_inputs(at::TensorList tensors, const at::Tensor& total_norm);
 
 // float64 when any tensor is float64, else float32: the dtype norms accumulate and are returned in.

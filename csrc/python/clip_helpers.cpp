@@ -7,6 +7,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include "common/norm_checks.h"
 #include "common/op_signatures.h"
 #include "common/tensor_lists.h"
 #include "python/collected_group.h"
@@ -150,6 +151,10 @@ void add_clip_helpers(py::module& m) {
         "one device; returns the total norm, or None to leave the call to the Python path.");
   m.def("collected_total_norm", &collected_total_norm, py::arg("groups"), py::arg("norm_type"),
         "The total norm of the grads of CollectedGroups on one device, or None (see clip_helpers.cpp).");
+  m.def("check_clip_tensors", [](const std::vector<at::Tensor>& tensors) { check_clip_tensors(tensors); },
+        py::arg("tensors"),
+        "clip_by_total_norm_'s checks of its tensors, raising as it does, without scaling them: for "
+        "callers that split a list by device and must refuse before the first call writes.");
   m.def("survey_tensors", &survey_tensors, py::arg("tensors"),
         "(first_bad, n_dtensors, all_dense, one_device) of a list of tensors to clip, in one pass "
         "(see csrc/python/clip_helpers.cpp).");

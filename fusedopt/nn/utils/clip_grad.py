@@ -403,10 +403,11 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
                        for device, device_grads in by_device.items()}
     if len(by_device) > 1 and not torch.compiler.is_compiling():
         # One op call per device, each checking its own list: a grad listed twice on a later device
-        # must be refused before the first device's grads are scaled. (Not traced: dynamo has no
-        # data_ptr; a compiled multi-device clip still refuses, in the later device's op call.)
+        # must be refused before the first device's grads are scaled, so every list gets the op's
+        # checks first. (Not traced: dynamo cannot enter _C; a compiled multi-device clip still
+        # refuses, in the later device's op call.)
         for dense in dense_by_device.values():
-            _check_no_shared_memory(dense)
+            _C.check_clip_tensors(dense)
     for device, device_grads in by_device.items():
         norm = to_device(total_norm, device)
         dense = dense_by_device[device]
@@ -418,19 +419,6 @@ def _clip_grads(grads: list, max_norm: float, total_norm: Tensor,
             for g in device_grads:
                 if _is_sparse(g) or not _fills_memory(g):
                     g.mul_(coef)
-
-
-def _check_no_shared_memory(dense: list[Tensor]) -> None:
-    """clip_by_total_norm_'s check that no two of a device's grads share memory, with its message, for
-    the multi-device path to make before any device's grads are scaled. Each grad fills its memory,
-    so it spans [data_ptr, data_ptr + nbytes)."""
-    spans = sorted((g.data_ptr(), g.data_ptr() + g.numel() * g.element_size(), i)
-                   for i, g in enumerate(dense) if g.numel() > 0)
-    for (_, end, i), (begin, _, j) in zip(spans, spans[1:]):
-        if begin < end:
-            raise RuntimeError(f"fusedopt.clip_by_total_norm_: tensors[{min(i, j)}] and tensors[{max(i, j)}] "
-                               "share memory; each tensor is scaled in place once, so every gradient must "
-                               "appear once and not overlap another (a parameter listed twice?)")
 
 
 @torch.no_grad()
